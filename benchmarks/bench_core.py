@@ -1,0 +1,102 @@
+"""RIMs core speed against the fused ``nn.LSTM``, measured side by side in one run.
+
+Each shape times RIMs (6 units x 100, k_active 4) and ``nn.LSTM(600)`` on the same input, alternating
+the two so that machine noise hits both alike, and prints the median times and their ratio.
+
+    python benchmarks/bench_core.py [--repeats N] [--device cpu|cuda] [--output docs/bench.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from rims_rl import RIMs
+from rims_rl.utils import resolve_device
+
+# (name, T, B, input width, with backward)
+SHAPES = [
+    ("training (T=128, B=4, in 512)", 128, 4, 512, True),
+    ("acting (T=1, B=8, in 512)", 1, 8, 512, True),
+    ("acting, no grad (T=1, B=8, in 512)", 1, 8, 512, False),
+    ("copying task (T=71, B=64, in 10)", 71, 64, 10, True),
+]
+
+
+def _timer(model: nn.Module, x: torch.Tensor, backward: bool, device: torch.device) -> Callable[[], float]:
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        if backward:
+            output, _ = model(x)
+            output.sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    return once
+
+
+def measure(steps: int, batch: int, width: int, backward: bool, repeats: int, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    x = torch.randn(steps, batch, width, device=device)
+    models = {
+        "lstm": nn.LSTM(width, 600).to(device),
+        "rims": RIMs(width, 100, 6, 4).to(device),
+        "rims_no_comm": RIMs(width, 100, 6, 4, communication=False).to(device),
+    }
+    timers = {name: _timer(model, x, backward, device) for name, model in models.items()}
+    for timer in timers.values():  # warm-up
+        timer()
+        timer()
+    samples: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(repeats):
+        for name, timer in timers.items():
+            samples[name].append(timer())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15, help="timed calls per model and shape")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument("--output", help="also write the Markdown table to this file")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        machine = torch.cuda.get_device_name(device)
+    lines = [
+        f"torch {torch.__version__}, device {device} ({machine}); median of {args.repeats} alternating calls.",
+        "",
+        "| shape | nn.LSTM(600) | RIMs 6x100 k4 | ratio | RIMs, no comm. | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    for name, steps, batch, width, backward in SHAPES:
+        times = measure(steps, batch, width, backward, args.repeats, device)
+        lstm, rims, no_comm = times["lstm"], times["rims"], times["rims_no_comm"]
+        kind = "fwd+bwd" if backward else "fwd"
+        lines.append(
+            f"| {name}, {kind} | {lstm * 1e3:.2f} ms | {rims * 1e3:.2f} ms | {rims / lstm:.2f}x "
+            f"| {no_comm * 1e3:.2f} ms | {no_comm / lstm:.2f}x |"
+        )
+        print(lines[-1], flush=True)
+    if args.output:
+        with open(args.output, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

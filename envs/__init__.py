@@ -1,0 +1,1 @@
+"""Environment builders and wrappers (gymnasium only). Installed as ``rims_rl.envs``."""

@@ -1,0 +1,142 @@
+"""The copying experiment, its config handling and the command line, at seconds-long sizes."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from rims_rl.agents.copying import copying_batch, run_copying
+
+from rims_rl.config import ConfigError, apply_overrides, load_config
+
+TINY = [
+    "task.digits=2",
+    "task.train_span=3",
+    "task.eval_spans=[3, 12]",
+    "train.batch_size=16",
+    "train.eval_every=10",
+    "train.eval_sequences=32",
+    "train.lr=0.003",
+    "models.rims.unit_size=8",
+    "models.rims.num_units=4",
+    "models.rims.k_active=2",
+    "models.rims.input_heads=2",
+    "models.rims.input_key_size=8",
+    "models.lstm.hidden_size=16",
+]
+
+
+def tiny_config(*extra: str) -> dict:
+    return load_config("copying.yaml", [*TINY, *extra], open_sections=["models.rims", "models.lstm"])
+
+
+def test_batch_layout():
+    inputs, targets = copying_batch(5, digits=3, span=4, generator=torch.Generator().manual_seed(0))
+    assert inputs.shape == (2 * 3 + 4 + 1, 5) and targets.shape == (3, 5)
+    assert torch.equal(inputs[:3], targets)
+    assert (inputs[3:7] == 0).all() and (inputs[7] == 9).all() and (inputs[8:] == 0).all()
+    assert targets.max() <= 8
+
+
+def test_packaged_config_is_complete_and_overrides_are_checked():
+    config = load_config("copying.yaml")
+    assert config["models"]["rims"] == {"kind": "rims", "unit_size": 100, "num_units": 6, "k_active": 4}
+    assert config["task"]["eval_spans"] == [50, 200]
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.updatez'.*did you mean updates"):
+        apply_overrides(config, ["train.updatez=3"])
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides(config, ["train.updates"])
+    assert apply_overrides(config, ["train.lr=1e-4"])["train"]["lr"] == 1e-4
+
+
+def test_run_writes_results_and_resume_continues_exactly(tmp_path):
+    straight = run_copying(tiny_config("train.updates=20"), tmp_path / "straight", progress=False)
+    assert [row["model"] for row in straight] == ["rims", "lstm"]
+    for row in straight:
+        assert row["updates"] == 20 and len(row["history"]) == 2
+        assert all(math.isfinite(ce) for ce in row["eval_ce"].values())
+    table = (tmp_path / "straight" / "results.md").read_text()
+    assert "CE at 3" in table and "CE at 12" in table and "| rims |" in table
+    assert json.loads((tmp_path / "straight" / "results.json").read_text())[0]["updates"] == 20
+
+    # Stop after 10 updates, then resume to 20: the same numbers as the run that never stopped.
+    run_copying(tiny_config("train.updates=10"), tmp_path / "resumed", progress=False)
+    resumed = run_copying(tiny_config("train.updates=20"), tmp_path / "resumed", resume=True, progress=False)
+    for a, b in zip(straight, resumed, strict=True):
+        assert [h["update"] for h in b["history"]] == [10, 20]
+        assert a["eval_ce"] == b["eval_ce"]
+    for name in ("rims", "lstm"):
+        left = torch.load(tmp_path / "straight" / f"{name}.pt", weights_only=False)["model"]
+        right = torch.load(tmp_path / "resumed" / f"{name}.pt", weights_only=False)["model"]
+        assert all(torch.equal(left[key], right[key]) for key in left)
+
+
+def test_rims_learns_a_short_copy(tmp_path):
+    """Seconds-long smoke test of learning: RIMs gets well below chance on a 2-digit copy."""
+    config = tiny_config(
+        "train.updates=200",
+        "train.eval_every=50",
+        "train.batch_size=32",
+        "train.lr=0.005",
+        "task.eval_spans=[3]",
+        "models.rims.unit_size=16",
+    )
+    config["models"] = {"rims": config["models"]["rims"]}
+    (row,) = run_copying(config, tmp_path, progress=False)
+    curve = [entry["eval_ce"][3] for entry in row["history"]]
+    assert curve[0] > 0.8 * math.log(9)  # starts near chance (ln 9)...
+    assert curve[-1] < 0.6 * math.log(9)  # ...and learns (about 0.5 ln 9 here)
+
+
+def test_bad_model_settings_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="k_active"):
+        run_copying(tiny_config("models.rims.k_active=9"), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="bogus"):
+        run_copying(tiny_config("models.rims.bogus=1"), tmp_path, progress=False)
+    assert not (tmp_path / "rims.pt").exists()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rims_rl", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_cli_runs_the_copying_task(tmp_path):
+    overrides = [item for pair in (("--set", o) for o in [*TINY, "train.updates=10"]) for item in pair]
+    result = cli("copying", "--out", str(tmp_path), "--models", "lstm", "--no-progress", *overrides)
+    assert result.returncode == 0, result.stderr
+    assert "| lstm |" in result.stdout
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "lstm.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "train.bogus=1"], "unknown config key 'train.bogus'"),
+        (["--set", "models.rims.k_active=7"], "k_active must be an integer in [1, num_units=6]"),
+        (["--set", "train.device=cuda"], "no CUDA GPU"),
+        (["--config", "missing.yaml"], "config not found"),
+        (["--models", "gpt"], "--models: unknown gpt"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
+    if "cuda" in " ".join(args) and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = cli("copying", "--out", str(tmp_path), *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_cli_help_documents_every_option():
+    result = cli("copying", "--help")
+    assert result.returncode == 0
+    for option in ("--config", "--set", "--models", "--out", "--resume", "--no-progress"):
+        assert option in result.stdout

@@ -1,0 +1,423 @@
+"""The RIMs core: each property of the paper's step, proven on small modules."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from rims_rl import RIMs
+from tests.reference import reference_run
+
+CELLS = ["lstm", "gru"]
+
+
+def small(cell: str = "lstm", **kwargs) -> RIMs:
+    """A small module with the paper's structure; dropout off unless asked for."""
+    settings = dict(
+        input_size=6,
+        unit_size=5,
+        num_units=5,
+        k_active=3,
+        cell=cell,
+        input_heads=2,
+        input_key_size=4,
+        input_value_size=3,
+        comm_heads=2,
+        comm_key_size=3,
+        comm_value_size=4,
+        input_dropout=0.0,
+        comm_dropout=0.0,
+    )
+    settings.update(kwargs)
+    return RIMs(**settings)
+
+
+def run_steps(module: RIMs, x: torch.Tensor, episode_starts=None):
+    """T single-step calls, carrying the state: the acting path."""
+    state, outputs, states = None, [], []
+    for t in range(x.shape[0]):
+        starts = None if episode_starts is None else episode_starts[t : t + 1]
+        out, state = module(x[t : t + 1], state, starts)
+        outputs.append(out)
+        states.append(state)
+    return torch.cat(outputs), states
+
+
+def unit_slices(tensor: torch.Tensor, module: RIMs) -> torch.Tensor:
+    """(1, B, K*unit) -> (B, K, unit)."""
+    return tensor[0].view(tensor.shape[1], module.num_units, module.unit_size)
+
+
+# ---------------------------------------------------------------------------- the step itself
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("rows", [None, 3], ids=["one-row", "input-set"])
+@pytest.mark.parametrize("batch", [3, 20], ids=["small-batch", "large-batch"])
+@pytest.mark.parametrize("variant", [{}, {"communication": False}, {"input_attention": False}, {"k_active": 5}])
+def test_matches_literal_reference(cell, rows, batch, variant):
+    """The batched module computes the paper's step (null row, head-averaged null attention,
+    top-k, unit cells, communication) as a literal per-unit implementation does."""
+    torch.manual_seed(0)
+    module = small(cell, **variant).double()
+    shape = (7, batch, module.input_size) if rows is None else (7, batch, rows, module.input_size)
+    x = torch.randn(*shape, dtype=torch.float64)
+    output, _, details = module.forward_with_details(x)
+    expected, active, attention = reference_run(module, x)
+    assert torch.equal(details.active, active)
+    torch.testing.assert_close(output, expected, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(details.input_attention, attention, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("rows", [None, 3], ids=["one-row", "input-set"])
+def test_exactly_k_active_and_inactive_units_frozen_bit_for_bit(cell, rows):
+    torch.manual_seed(1)
+    module = small(cell, k_active=2)
+    shape = (9, 4, module.input_size) if rows is None else (9, 4, rows, module.input_size)
+    x = torch.randn(*shape)
+    _, _, details = module.forward_with_details(x)
+    assert (details.active.sum(-1) == 2).all()
+    _, states = run_steps(module, x)
+    previous = (torch.zeros_like(states[0][0]), torch.zeros_like(states[0][1]))
+    inactive_seen = 0
+    for t, state in enumerate(states):
+        for index in range(2):
+            before, after = unit_slices(previous[index], module), unit_slices(state[index], module)
+            frozen = ~details.active[t]
+            assert torch.equal(after[frozen], before[frozen])
+            inactive_seen += int(frozen.sum())
+        if cell == "lstm" or t == 0:
+            # Active units do move (zero state at t=0 moves for both cells).
+            moved = (
+                unit_slices(state[0], module)[details.active[t]] != unit_slices(previous[0], module)[details.active[t]]
+            )
+            assert moved.any(dim=-1).all()
+        previous = state
+    assert inactive_seen > 0
+
+
+def engineered(scores: list[list[float]], k_active: int) -> tuple[RIMs, torch.Tensor, tuple]:
+    """A module whose unit k, head j scores the one input row at scores[k][j] (the null row scores 0).
+
+    Key of the input row is 1 in every head; unit k's query is its state (1, 0) times weights
+    holding scores[k]. key_size 1, so the 1/sqrt(d) scale is 1.
+    """
+    units, heads = len(scores), len(scores[0])
+    module = RIMs(
+        2,
+        2,
+        units,
+        k_active,
+        input_heads=heads,
+        input_key_size=1,
+        input_value_size=1,
+        input_dropout=0.0,
+        comm_dropout=0.0,
+        communication=False,
+    )
+    with torch.no_grad():
+        module.input_key.zero_()
+        module.input_key[0] = 1.0
+        module.input_query.zero_()
+        module.input_query[:, 0, :] = torch.tensor(scores)
+    x = torch.tensor([[[1.0, 0.0]]])
+    h = torch.tensor([1.0, 0.0]).repeat(units).view(1, 1, -1)
+    return module, x, (h, torch.zeros_like(h))
+
+
+def test_selection_uses_null_probability_averaged_over_heads_not_raw_scores():
+    # Unit 0: scores (6, -1): mean score 2.5, mean null probability (0.0025 + 0.731) / 2 = 0.367.
+    # Unit 1: scores (1, 1): mean score 1.0, mean null probability 0.269 -> the least null wins.
+    module, x, state = engineered([[6.0, -1.0], [1.0, 1.0]], k_active=1)
+    _, _, details = module.forward_with_details(x, state)
+    assert details.active[0, 0].tolist() == [False, True]
+    null = details.input_attention[0, 0, :, :, 0]
+    expected = torch.sigmoid(-torch.tensor([[6.0, -1.0], [1.0, 1.0]]))
+    torch.testing.assert_close(null, expected)
+    # Probabilities over the null row and the input row sum to one per unit and head.
+    torch.testing.assert_close(details.input_attention.sum(-1), torch.ones(1, 1, 2, 2))
+
+
+def test_selection_order_follows_known_scores():
+    strengths = [0.5, 3.0, -2.0, 2.0, 1.0, 0.0]  # higher score -> less null attention
+    module, x, state = engineered([[s, s] for s in strengths], k_active=3)
+    _, _, details = module.forward_with_details(x, state)
+    assert details.active[0, 0].nonzero().flatten().tolist() == [1, 3, 4]
+
+
+def test_ties_go_to_the_lowest_unit_indices():
+    # A zero state gives zero queries: every unit scores 0 against every row, a full tie.
+    module = small(k_active=3)
+    x = torch.randn(1, 4, module.input_size)
+    _, _, details = module.forward_with_details(x)
+    assert details.active[0].tolist() == [[True, True, True, False, False]] * 4
+
+
+def test_null_row_takes_part_in_the_softmax_of_an_input_set():
+    """With zero input rows every key is zero, so attention is uniform over the N real rows AND
+    the null row: 1 / (N + 1) each."""
+    torch.manual_seed(2)
+    module = small()
+    x = torch.zeros(2, 3, 4, module.input_size)
+    _, _, details = module.forward_with_details(x, (torch.randn(1, 3, 25), torch.randn(1, 3, 25)))
+    torch.testing.assert_close(details.input_attention, torch.full_like(details.input_attention, 0.2))
+
+
+# ---------------------------------------------------------------------------- state carry and resets
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("rows", [None, 3], ids=["one-row", "input-set"])
+@pytest.mark.parametrize("batch", [1, 5, 20])
+@pytest.mark.parametrize("variant", [{}, {"communication": False}, {"input_attention": False}])
+def test_one_call_equals_single_steps_bit_for_bit(cell, rows, batch, variant):
+    torch.manual_seed(3)
+    module = small(cell, **variant).eval()
+    shape = (11, batch, module.input_size) if rows is None else (11, batch, rows, module.input_size)
+    x = torch.randn(*shape)
+    starts = (torch.rand(11, batch) < 0.2).float()
+    output, (h, c) = module(x, None, starts)
+    stepped, states = run_steps(module, x, starts)
+    assert torch.equal(output, stepped)
+    assert torch.equal(h, states[-1][0]) and torch.equal(c, states[-1][1])
+
+
+def test_episode_starts_reset_exactly_the_flagged_entries():
+    torch.manual_seed(4)
+    module = small()
+    x = torch.randn(8, 4, module.input_size)
+    state = (torch.randn(1, 4, 25), torch.randn(1, 4, 25))
+    starts = torch.zeros(8, 4)
+    starts[3, 1] = 1.0
+    starts[0, 2] = 1.0
+    output, _ = module(x, state, starts)
+    plain, _ = module(x, state)
+    # Untouched entries are exactly the run without resets.
+    assert torch.equal(output[:, [0, 3]], plain[:, [0, 3]])
+    # Entry 1 matches the plain run before its reset and a fresh zero-state run from step 3 on.
+    assert torch.equal(output[:3, 1], plain[:3, 1])
+    fresh, _ = module(x[3:, 1:2])
+    torch.testing.assert_close(output[3:, 1], fresh[:, 0], rtol=0, atol=1e-6)
+    assert not torch.allclose(output[3:, 1], plain[3:, 1])
+    # Entry 2 is reset at step 0: the given state is ignored.
+    fresh, _ = module(x[:, 2:3])
+    torch.testing.assert_close(output[:, 2], fresh[:, 0], rtol=0, atol=1e-6)
+
+
+def test_given_state_is_used_and_returned_in_nn_lstm_layout():
+    torch.manual_seed(5)
+    module = small()
+    x = torch.randn(3, 2, module.input_size)
+    zero_out, (h, c) = module(x)
+    assert h.shape == c.shape == (1, 2, module.hidden_size) == (1, 2, 25)
+    assert torch.equal(zero_out[-1], h[0])
+    other_out, _ = module(x, (torch.randn(1, 2, 25), torch.randn(1, 2, 25)))
+    assert not torch.allclose(zero_out, other_out)
+
+
+def test_gru_carries_c_unchanged():
+    torch.manual_seed(6)
+    module = small("gru")
+    c = torch.randn(1, 2, 25)
+    _, (_, c_out) = module(torch.randn(4, 2, module.input_size), (torch.zeros(1, 2, 25), c))
+    assert torch.equal(c_out, c)
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("rows", [None, 3], ids=["one-row", "input-set"])
+@pytest.mark.parametrize("batch", [3, 20], ids=["small-batch", "large-batch"])
+def test_gradients_reach_attention_cell_and_communication(rows, batch):
+    torch.manual_seed(7)
+    module = small()
+    shape = (6, batch, module.input_size) if rows is None else (6, batch, rows, module.input_size)
+    output, _ = module(torch.randn(*shape))
+    output.pow(2).sum().backward()
+    groups = {
+        "input attention": ["input_key", "input_value", "input_query"],
+        "cell": ["weight_ih", "weight_hh", "bias_ih", "bias_hh"],
+        "communication": ["comm_qkv", "comm_output"],
+    }
+    for group, names in groups.items():
+        for name in names:
+            grad = getattr(module, name).grad
+            assert grad is not None and torch.isfinite(grad).all(), f"{group}: {name} has no gradient"
+            assert grad.abs().sum() > 0, f"{group}: {name} has a zero gradient"
+
+
+def test_inactive_unit_passes_gradient_through_its_carried_state():
+    torch.manual_seed(8)
+    module = small(k_active=2, communication=False)
+    x = torch.randn(3, 1, module.input_size)
+    _, _, details = module.forward_with_details(x)
+    inactive = (~details.active[1, 0]).nonzero().flatten()
+    unit = int(inactive[0])
+    part = slice(unit * 5, (unit + 1) * 5)
+    _, state0 = module(x[:1])
+    h0 = state0[0].detach().requires_grad_(True)
+    _out1, state1 = module(x[1:2], (h0, state0[1]))
+    # Inactive at step 1: the carry is the identity, exactly.
+    jacobian = torch.autograd.functional.jacobian(lambda h: module(x[1:2], (h, state0[1]))[1][0][0, 0, part], h0)
+    torch.testing.assert_close(jacobian[:, 0, 0, part], torch.eye(5), rtol=0, atol=0)
+    # A loss at step 2 on that unit reaches step 0's state through step 1.
+    out2, _ = module(x[2:3], state1)
+    (grad,) = torch.autograd.grad(out2[0, 0, part].sum(), h0)
+    assert grad[0, 0, part].abs().sum() > 0
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("rows", [None, 2], ids=["one-row", "input-set"])
+def test_gradcheck_float64(cell, rows):
+    torch.manual_seed(9)
+    module = small(cell, input_size=3, unit_size=2, num_units=3, k_active=2).double()
+    shape = (3, 2, 3) if rows is None else (3, 2, rows, 3)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True)
+    names = [name for name, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_(True) for p in module.parameters()]
+
+    def fn(x, h, c, *params):
+        output, (h_out, c_out) = functional_call(module, dict(zip(names, params, strict=True)), (x, (h, c)))
+        return output, h_out, c_out
+
+    # The active set must not flip inside gradcheck's perturbations: check that first.
+    active = module.forward_with_details(x, (h, c))[2].active
+    assert torch.autograd.gradcheck(fn, (x, h, c, *params), eps=1e-6, atol=1e-5)
+    assert torch.equal(module.forward_with_details(x, (h, c))[2].active, active)
+
+
+# ---------------------------------------------------------------------------- ablations
+
+
+def test_without_communication_an_active_unit_ignores_other_units():
+    torch.manual_seed(10)
+    x = torch.randn(1, 3, 6)
+    h = torch.randn(1, 3, 25)
+    c = torch.randn(1, 3, 25)
+    moved_h = h.clone()
+    moved_h[..., 15:20] += 1.0  # unit 3
+    isolated = small(k_active=5, communication=False)
+    a, _ = isolated(x, (h, c))
+    b, _ = isolated(x, (moved_h, c))
+    assert torch.equal(a[..., :15], b[..., :15]) and torch.equal(a[..., 20:], b[..., 20:])
+    torch.manual_seed(10)
+    talking = small(k_active=5)
+    a, _ = talking(x, (h, c))
+    b, _ = talking(x, (moved_h, c))
+    assert not torch.allclose(a[..., :15], b[..., :15])
+
+
+@pytest.mark.parametrize("variant", [{"input_attention": False, "k_active": 2}, {"k_active": 5}])
+def test_every_unit_updates_every_step(variant):
+    torch.manual_seed(11)
+    module = small(**variant)
+    x = torch.randn(5, 2, module.input_size)
+    _, _, details = module.forward_with_details(x)
+    assert details.active.all()
+    _, states = run_steps(module, x)
+    for before, after in itertools.pairwise(states):
+        changed = unit_slices(after[0], module) != unit_slices(before[0], module)
+        assert changed.any(-1).all()
+
+
+def test_without_input_attention_units_read_the_input_directly():
+    torch.manual_seed(12)
+    module = small(input_attention=False)
+    assert module.weight_ih.shape == (5, module.input_size, 20)
+    names = {name for name, _ in module.named_parameters()}
+    assert not names & {"input_key", "input_value", "input_query"}
+    _, _, details = module.forward_with_details(torch.randn(2, 1, 6))
+    assert details.input_attention.shape[-1] == 0
+
+
+# ---------------------------------------------------------------------------- determinism, devices
+
+
+def test_seeded_construction_and_dropout_are_deterministic():
+    x = torch.randn(6, 3, 6)
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(13)
+        module = small(input_dropout=0.3, comm_dropout=0.3).train()
+        torch.manual_seed(14)
+        outputs.append(module(x)[0])
+    assert torch.equal(outputs[0], outputs[1])
+    torch.manual_seed(15)
+    assert not torch.equal(module(x)[0], outputs[0])  # dropout is live in training mode
+
+
+def test_dropout_is_off_in_eval_mode():
+    torch.manual_seed(16)
+    module = small(input_dropout=0.5, comm_dropout=0.5).eval()
+    x = torch.randn(4, 2, 6)
+    assert torch.equal(module(x)[0], module(x)[0])
+
+
+def test_dtype_follows_the_module():
+    module = small().to(torch.float64)
+    output, (h, c) = module(torch.randn(3, 2, 6, dtype=torch.float64))
+    assert output.dtype == h.dtype == c.dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    torch.manual_seed(17)
+    module = small().double()
+    x = torch.randn(5, 3, 6, dtype=torch.float64)
+    cpu, _ = module(x)
+    gpu, _ = module.cuda()(x.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+def test_paper_defaults_and_lstm_like_attributes():
+    module = RIMs(512, unit_size=100, num_units=6, k_active=4)
+    assert (module.hidden_size, module.num_layers, module.input_size) == (600, 1, 512)
+    assert (module.input_heads, module.input_key_size) == (4, 64)
+    assert module.input_heads * module.input_value_size == 400  # input values 4 x unit size
+    assert (module.comm_heads, module.comm_key_size, module.comm_value_size) == (4, 32, 32)
+    assert module.input_dropout == module.comm_dropout == 0.1
+    bound = 1 / math.sqrt(100)
+    assert module.weight_hh.abs().max() <= bound
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k_active": 0}, "k_active"),
+        ({"k_active": 6}, "k_active"),
+        ({"k_active": 2.0}, "k_active"),
+        ({"unit_size": 0}, "unit_size"),
+        ({"num_units": -1}, "num_units"),
+        ({"input_heads": 0}, "input_heads"),
+        ({"cell": "rnn"}, "cell"),
+        ({"input_dropout": 1.0}, "input_dropout"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        small(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m: m(torch.randn(3, 2, 7)), "input_size=6"),
+        (lambda m: m(torch.randn(3, 6)), r"\(T, B, input_size\)"),
+        (lambda m: m(torch.randn(3, 2, 6), (torch.zeros(1, 3, 25), torch.zeros(1, 3, 25))), "state h"),
+        (lambda m: m(torch.randn(3, 2, 6), torch.zeros(1, 2, 25)), "tuple"),
+        (lambda m: m(torch.randn(3, 2, 6), None, torch.zeros(3, 3)), "episode_starts"),
+    ],
+)
+def test_bad_inputs_raise_before_any_work(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(small())
