@@ -27,6 +27,68 @@ def _copying(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from rims_rl.agents.train import TrainingDiverged, resolve_config, resume, train
+
+    try:
+        if args.resume:
+            summary = resume(args.resume, total_steps=args.total_steps, overrides=args.set)
+        else:
+            overrides = [*args.set, *([f"run.out={args.out}"] if args.out else [])]
+            config = resolve_config(
+                args.config,
+                overrides,
+                env=args.env,
+                algo=args.algo,
+                policy=args.policy,
+                seed=args.seed,
+                total_steps=args.total_steps,
+                device=args.device,
+                track=True if args.track else None,
+            )
+            summary = train(config)
+    except TrainingDiverged as error:
+        print(f"rims-rl train: {error}", file=sys.stderr)
+        return 1
+    if summary["interrupted_by"] is not None:
+        print(
+            f"rims-rl train: stopped by signal {summary['interrupted_by']} at step {summary['num_timesteps']}; "
+            f"checkpoint saved. Continue with: rims-rl train --resume {summary['run_dir']}",
+            file=sys.stderr,
+        )
+        return 128 + summary["interrupted_by"]
+    counts = summary["parameters"]
+    print(
+        f"trained {summary['num_timesteps']} steps on {summary['device']}; policy parameters {counts['policy']:,} "
+        f"(recurrent core {counts['core']:,}); run folder {summary['run_dir']}"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rims_rl.agents.evaluate import evaluate_run
+
+    result = evaluate_run(args.run, episodes=args.episodes, deterministic=args.deterministic, video=args.video)
+    low, high = result["ci95"]
+    print(
+        f"{result['env']}: mean return {result['mean_return']:.2f} (95% CI {low:.2f} to {high:.2f}) "
+        f"over {result['episodes']} episodes, mean length {result['mean_length']:.0f}"
+    )
+    if "video" in result:
+        print(f"video: {result['video']}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from rims_rl.agents.compare import compare_runs
+
+    result = compare_runs(args.runs, args.out, source=args.source)
+    for env, labels in result["groups"].items():
+        print(f"{env}: {', '.join(labels)}")
+    print(f"learning curves: {result['png']} and {result['csv']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rims-rl",
@@ -54,6 +116,58 @@ def build_parser() -> argparse.ArgumentParser:
     copying.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     copying.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     copying.set_defaults(handler=_copying)
+
+    train = commands.add_parser(
+        "train",
+        help="train a recurrent PPO or A2C agent (RIMs or LSTM core) from a YAML config",
+        description="Train a recurrent agent. The YAML config holds every default; flags pick among its blocks.",
+    )
+    train.add_argument(
+        "--config",
+        default="atari/ppo_rims.yaml",
+        help="YAML config: a file, or a packaged name such as classic/cartpole.yaml (default: %(default)s)",
+    )
+    train.add_argument("--env", help="environment: an Atari game in any common form (Pong, ALE/Pong-v5) or a gym id")
+    train.add_argument("--algo", choices=["ppo", "a2c"], help="algorithm (default: the config's)")
+    train.add_argument("--policy", choices=["rims", "lstm"], help="recurrent core (default: the config's)")
+    train.add_argument("--seed", type=int, help="random seed; also names the run folder seed<N>")
+    train.add_argument("--total-steps", type=int, help="environment steps to train for (with --resume: the new total)")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the config's)")
+    train.add_argument("--out", help="root of the run folders <out>/<env>/<algo>-<policy>/seed<N> (default: runs)")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
+    train.add_argument("--track", action="store_true", help="log to wandb (offline unless an API key is configured)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="play full episodes with a trained agent: mean return and 95%% CI",
+        description="Evaluate a run folder (its final model, else its latest checkpoint) or a model file.",
+    )
+    evaluate.add_argument("run", metavar="RUN_OR_MODEL", help="a run folder, or a model.zip / checkpoint inside one")
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes to play (default: %(default)s)")
+    evaluate.add_argument("--deterministic", action="store_true", help="take the most likely action")
+    evaluate.add_argument("--video", action="store_true", help="also save one episode as RUN/videos/episode.gif")
+    evaluate.set_defaults(handler=_evaluate)
+
+    compare = commands.add_parser(
+        "compare",
+        help="learning curves (mean and 95%% CI across seeds) of runs, e.g. RIMs vs LSTM",
+        description="Group runs by environment and algo-policy; plot mean and 95%% CI across seeds.",
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding them")
+    compare.add_argument(
+        "--out", default="comparison", help="folder for curves.png and curves.csv (default: %(default)s)"
+    )
+    compare.add_argument(
+        "--source",
+        choices=["train", "eval"],
+        default="train",
+        help="training episode returns (progress.csv) or periodic evaluations (default: %(default)s)",
+    )
+    compare.set_defaults(handler=_compare)
     return parser
 
 

@@ -83,7 +83,11 @@ class RIMs(nn.Module):
        concatenated). Inactive units keep ``h`` and ``c`` bit for bit; gradient passes through them
        as an identity.
     4. Active units attend over all units' states (multi-head, unit-specific projections) and add
-       the result to their ``h`` (residual). Inactive units are untouched.
+       the result to their ``h`` (residual). Inactive units are untouched. As in the authors' code,
+       the residual is bounded: ``sigmoid(gate) * tanh(update)``, both unit-specific projections of
+       the attention read-out. A plain linear residual lets ``h`` grow without limit, since an
+       inactive unit keeps its ``h`` and others keep adding linear functions of it (seen in A2C
+       training: ``h`` reached 1e38); bounded, ``|h| < 2`` for the LSTM cell.
 
     All units are computed together (one batched matmul per projection); only time is a loop.
 
@@ -199,7 +203,9 @@ class RIMs(nn.Module):
         if communication:
             qkv = comm_heads * (2 * comm_key_size + comm_value_size)
             self.comm_qkv = nn.Parameter(torch.empty(units, unit_size, qkv, **factory))
-            self.comm_output = nn.Parameter(torch.empty(units, comm_heads * comm_value_size, unit_size, **factory))
+            # Update and gate halves of the bounded residual (see the class docstring, step 4).
+            self.comm_output = nn.Parameter(torch.empty(units, comm_heads * comm_value_size, 2 * unit_size, **factory))
+            self.comm_output_bias = nn.Parameter(torch.empty(units, 2 * unit_size, **factory))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -209,7 +215,7 @@ class RIMs(nn.Module):
             nn.init.uniform_(weight, -bound, bound)
         fan_in = {"input_key": self.input_size, "input_value": self.input_size}
         fan_in |= {"input_query": self.unit_size, "comm_qkv": self.unit_size}
-        fan_in["comm_output"] = self.comm_heads * self.comm_value_size
+        fan_in["comm_output"] = fan_in["comm_output_bias"] = self.comm_heads * self.comm_value_size
         for name, size in fan_in.items():
             if hasattr(self, name):
                 nn.init.uniform_(getattr(self, name), -1.0 / math.sqrt(size), 1.0 / math.sqrt(size))
@@ -261,6 +267,9 @@ class RIMs(nn.Module):
             raise ValueError(f"x must be (T, B, input_size) or (T, B, N, input_size), got {shape}")
         if x.shape[-1] != self.input_size:
             raise ValueError(f"x's last dimension must equal input_size={self.input_size}, got {x.shape[-1]}")
+        ref = self.weight_hh
+        if x.dtype != ref.dtype or x.device != ref.device:
+            raise ValueError(f"x is {x.dtype} on {x.device}, but the module is {ref.dtype} on {ref.device}")
         if x.shape[0] == 0 or x.shape[1] == 0 or (x.dim() == 4 and x.shape[2] == 0):
             raise ValueError(f"x must have at least one step, batch entry and row, got {tuple(x.shape)}")
         batch = x.shape[1]
@@ -432,6 +441,7 @@ class RIMs(nn.Module):
         heads, key_size, value_size = self.comm_heads, self.comm_key_size, self.comm_value_size
         split, scale = heads * key_size, 1.0 / math.sqrt(key_size)
         splits = [split, split, heads * value_size]
+        output_bias = self.comm_output_bias.unsqueeze(1)
 
         def communicate(h: Tensor) -> Tensor:
             units, batch = h.shape[:2]
@@ -444,6 +454,7 @@ class RIMs(nn.Module):
             scores = (queries * keys).sum(-1, keepdim=True) * scale
             attention = _dropout(torch.softmax(scores, dim=1), self.comm_dropout, self.training)
             read = (attention * values).sum(1).reshape(units, batch, heads * value_size)
-            return torch.bmm(read, self.comm_output)
+            update, gate = torch.baddbmm(output_bias, read, self.comm_output).chunk(2, dim=-1)
+            return torch.sigmoid(gate) * torch.tanh(update)
 
         return communicate

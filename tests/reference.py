@@ -78,7 +78,8 @@ def reference_step(module: RIMs, rows: torch.Tensor, h: torch.Tensor, c: torch.T
             for head in range(ch):
                 weights = torch.softmax(keys[:, head] @ queries[k, head] / math.sqrt(dk), dim=0)
                 read.append(weights @ values[:, head])
-            h_comm[k] = h_new[k] + torch.cat(read) @ module.comm_output[k]
+            update, gate = (torch.cat(read) @ module.comm_output[k] + module.comm_output_bias[k]).chunk(2)
+            h_comm[k] = h_new[k] + torch.sigmoid(gate) * torch.tanh(update)
         h_new = h_comm
     return h_new, c_new, active, attention
 

@@ -242,7 +242,7 @@ def test_gradients_reach_attention_cell_and_communication(rows, batch):
     groups = {
         "input attention": ["input_key", "input_value", "input_query"],
         "cell": ["weight_ih", "weight_hh", "bias_ih", "bias_hh"],
-        "communication": ["comm_qkv", "comm_output"],
+        "communication": ["comm_qkv", "comm_output", "comm_output_bias"],
     }
     for group, names in groups.items():
         for name in names:
@@ -291,6 +291,20 @@ def test_gradcheck_float64(cell, rows):
     active = module.forward_with_details(x, (h, c))[2].active
     assert torch.autograd.gradcheck(fn, (x, h, c, *params), eps=1e-6, atol=1e-5)
     assert torch.equal(module.forward_with_details(x, (h, c))[2].active, active)
+
+
+def test_state_stays_bounded_under_large_weights():
+    """The bounded communication residual keeps |h| < 2 (LSTM cell in (-1, 1) plus a gated tanh),
+    however large the weights and however long the run: inactive units cannot feed a growing h
+    back through communication."""
+    torch.manual_seed(18)
+    module = small(k_active=2)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.mul_(20.0)
+    output, (_h, _) = module(torch.randn(300, 4, 6) * 10)
+    assert torch.isfinite(output).all()
+    assert output.abs().max() < 2.0
 
 
 # ---------------------------------------------------------------------------- ablations
@@ -416,6 +430,7 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
         (lambda m: m(torch.randn(3, 2, 6), (torch.zeros(1, 3, 25), torch.zeros(1, 3, 25))), "state h"),
         (lambda m: m(torch.randn(3, 2, 6), torch.zeros(1, 2, 25)), "tuple"),
         (lambda m: m(torch.randn(3, 2, 6), None, torch.zeros(3, 3)), "episode_starts"),
+        (lambda m: m(torch.randn(3, 2, 6, dtype=torch.float64)), "float64 on cpu, but the module is torch.float32"),
     ],
 )
 def test_bad_inputs_raise_before_any_work(call, message):

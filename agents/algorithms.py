@@ -1,0 +1,124 @@
+"""sb3-contrib's RecurrentPPO with our policies, and recurrent A2C as a RecurrentPPO configuration."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
+from stable_baselines3.common.policies import BasePolicy
+
+from rims_rl.policies import (
+    LstmCnnPolicy,
+    LstmMultiInputPolicy,
+    LstmPolicy,
+    RimsCnnPolicy,
+    RimsMultiInputPolicy,
+    RimsPolicy,
+)
+
+__all__ = ["RecurrentA2C", "RimsPPO"]
+
+
+class RimsPPO(RecurrentPPO):
+    """``RecurrentPPO`` that also knows our policies by name: ``RimsPPO("RimsCnnPolicy", env)``.
+
+    Aliases: ``RimsPolicy``, ``RimsCnnPolicy``, ``RimsMultiInputPolicy`` and the same-structure LSTM
+    baselines ``LstmPolicy``, ``LstmCnnPolicy``, ``LstmMultiInputPolicy``, besides sb3-contrib's own.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        **RecurrentPPO.policy_aliases,
+        "RimsPolicy": RimsPolicy,
+        "RimsCnnPolicy": RimsCnnPolicy,
+        "RimsMultiInputPolicy": RimsMultiInputPolicy,
+        "LstmPolicy": LstmPolicy,
+        "LstmCnnPolicy": LstmCnnPolicy,
+        "LstmMultiInputPolicy": LstmMultiInputPolicy,
+    }
+
+
+class _InOrder:
+    """Serve a single full batch in buffer order: the parent rotates the buffer at a random point,
+    which would cut one environment's sequence (and its BPTT) in two."""
+
+    def _get_samples(self, batch_inds: np.ndarray, env_change: np.ndarray, env=None):
+        if len(batch_inds) == self.buffer_size * self.n_envs:
+            batch_inds = np.sort(batch_inds)
+        return super()._get_samples(batch_inds, env_change, env)
+
+
+class _InOrderBuffer(_InOrder, RecurrentRolloutBuffer):
+    pass
+
+
+class _InOrderDictBuffer(_InOrder, RecurrentDictRolloutBuffer):
+    pass
+
+
+class RecurrentA2C(RimsPPO):
+    """A2C with a recurrent policy, as a configuration of RecurrentPPO (Huang et al. 2022).
+
+    One epoch, one full-batch update in buffer order, no advantage normalisation, ``gae_lambda`` 1
+    and RMSprop, with SB3 A2C's defaults (n_steps 5, lr 7e-4, ent_coef 0, vf_coef 0.5,
+    max_grad_norm 0.5). At its only update the PPO ratio is 1, so clipping never acts and the
+    gradient is A2C's. The policy's dropout must be off (it is in our RL configs): dropout live in the
+    update but not in collection breaks that equality.
+    """
+
+    def __init__(
+        self,
+        policy: str | type[BasePolicy],
+        env: Any,
+        learning_rate: float = 7e-4,
+        n_steps: int = 5,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        use_rms_prop: bool = True,
+        rms_prop_eps: float = 1e-5,
+        policy_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        fixed = sorted(set(kwargs) & {"n_epochs", "batch_size", "normalize_advantage"})
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)}: fixed by A2C (one full-batch epoch, raw advantages)")
+        policy_kwargs = dict(policy_kwargs or {})
+        if use_rms_prop and "optimizer_class" not in policy_kwargs:
+            policy_kwargs["optimizer_class"] = torch.optim.RMSprop
+            policy_kwargs["optimizer_kwargs"] = dict(alpha=0.99, eps=rms_prop_eps, weight_decay=0)
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=None,  # the whole rollout
+            n_epochs=1,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            normalize_advantage=False,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            policy_kwargs=policy_kwargs,
+            **kwargs,
+        )
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        old = self.rollout_buffer
+        buffer_class = _InOrderDictBuffer if isinstance(old, RecurrentDictRolloutBuffer) else _InOrderBuffer
+        self.rollout_buffer = buffer_class(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            old.hidden_state_shape,
+            self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+        )

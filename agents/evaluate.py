@@ -1,0 +1,127 @@
+"""Evaluate a trained agent on full episodes (Atari: full games, unclipped score)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from rims_rl.agents.train import ALGORITHMS, OPEN_SECTIONS, check_config
+from rims_rl.envs import env_kind, make_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from rims_rl.config import ConfigError, load_config
+
+__all__ = ["bootstrap_ci", "evaluate_run", "find_model", "record_gif"]
+
+
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple:
+    """Percentile bootstrap confidence interval of the mean."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean()), float(values.mean())
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def find_model(target: str | Path) -> tuple[Path, Path]:
+    """``(model file, run folder)`` for a run folder or a model / checkpoint file inside one."""
+    target = Path(target)
+    if target.is_dir():
+        run_dir = target
+        for candidate in (run_dir / "model.zip", run_dir / "checkpoints" / "latest.pt"):
+            if candidate.is_file():
+                return candidate, run_dir
+        raise ConfigError(f"{run_dir} has neither model.zip nor checkpoints/latest.pt")
+    if not target.is_file():
+        raise ConfigError(f"no run folder or model file at {target}")
+    for parent in target.parents:
+        if (parent / "config.yaml").is_file():
+            return target, parent
+    raise ConfigError(f"{target} is not inside a run folder (no config.yaml above it)")
+
+
+def _load(model_path: Path, algo: str, env, device: str):
+    algo_class = ALGORITHMS[algo]
+    try:
+        if model_path.suffix == ".pt":
+            saved = torch.load(model_path, map_location="cpu", weights_only=False)
+            return algo_class.load(io.BytesIO(saved["model"]), env=env, device=device)
+        return algo_class.load(model_path, env=env, device=device)
+    except Exception as error:
+        raise ConfigError(f"cannot load {model_path}: {error}") from None
+
+
+def evaluate_run(
+    target: str | Path, episodes: int = 10, deterministic: bool = False, video: bool = False, seed: int = 12_345
+) -> dict[str, Any]:
+    """Mean return and its 95% bootstrap CI over ``episodes`` full episodes; optional GIF of one."""
+    if episodes < 1:
+        raise ConfigError(f"--episodes must be positive, got {episodes}")
+    model_path, run_dir = find_model(target)
+    config = load_config(run_dir / "config.yaml", open_sections=OPEN_SECTIONS)
+    check_config(config)
+    env = make_env(config["env"], seed=seed, evaluation=True, n_envs=min(episodes, 8))
+    try:
+        model = _load(model_path, config["algo"], env, str(config["run"]["device"]))
+        returns, lengths = evaluate_policy(
+            model, env, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True, warn=False
+        )
+    finally:
+        env.close()
+    returns = np.asarray(returns, dtype=np.float64)
+    low, high = bootstrap_ci(returns)
+    result = {
+        "model": str(model_path),
+        "env": config["env"]["id"],
+        "episodes": episodes,
+        "deterministic": deterministic,
+        "mean_return": float(returns.mean()),
+        "ci95": [low, high],
+        "std_return": float(returns.std()),
+        "mean_length": float(np.mean(lengths)),
+        "returns": returns.tolist(),
+    }
+    if video:
+        try:
+            result["video"] = str(record_gif(model, config, run_dir / "videos" / "episode.gif", deterministic, seed))
+        except gym.error.DependencyNotInstalled as error:
+            raise ConfigError(f"--video: {error}") from None
+    return result
+
+
+def record_gif(
+    model, config: dict[str, Any], path: Path, deterministic: bool, seed: int, max_steps: int = 5000
+) -> Path:
+    """Play one episode and save its frames as an animated GIF."""
+    from PIL import Image
+
+    env_config = dict(config["env"], render_mode="rgb_array")
+    if env_kind(env_config["id"]) == "atari":
+        env_config["backend"] = "sb3"  # the C++ vector env does not render
+    env = make_env(env_config, seed=seed, evaluation=True, n_envs=1)
+    frames = []
+    try:
+        obs, state, start = env.reset(), None, np.ones(1, dtype=bool)
+        for _ in range(max_steps):
+            frame = env.get_images()[0]
+            if frame is not None:
+                frames.append(Image.fromarray(np.asarray(frame)))
+            action, state = model.predict(obs, state=state, episode_start=start, deterministic=deterministic)
+            obs, _, done, _ = env.step(action)
+            start = done
+            if done[0]:
+                break
+    finally:
+        env.close()
+    if not frames:
+        raise ConfigError("the environment produced no frames to record")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=40, loop=0)
+    return path

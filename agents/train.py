@@ -1,0 +1,411 @@
+"""Train a recurrent PPO or A2C agent from a YAML config: the whole run, top to bottom.
+
+1. ``resolve_config``: the YAML file, command-line choices and ``--set`` overrides, checked in full
+   before any environment starts.
+2. ``train``: run folder ``<out>/<env>/<algo>-<policy>/seed<N>/`` with the resolved config, CSV and
+   TensorBoard logs, periodic evaluations (``evaluations.npz``), atomic checkpoints
+   (``checkpoints/latest.pt``) and the final model (``model.zip``); optional wandb tracking.
+3. ``resume``: continue a run from its latest checkpoint (model, optimizer, step count, RNG).
+
+SIGINT / SIGTERM save a checkpoint and stop; a non-finite parameter stops training with a clear
+message and leaves the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import random
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
+from rims_rl.agents.tracking import start_tracking
+from rims_rl.envs import ATARI_ENV_KEYS, env_kind, env_name, make_env
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
+
+from rims_rl.config import ConfigError, load_config
+from rims_rl.policies import LstmPolicy, RimsPolicy
+from rims_rl.rims import RIMs
+from rims_rl.utils import atomic_save, resolve_device
+
+__all__ = ["TrainingDiverged", "build_model", "resolve_config", "resume", "run_dir_for", "train"]
+
+ALGORITHMS = {"ppo": RimsPPO, "a2c": RecurrentA2C}
+POLICIES = {"rims": RimsPolicy, "lstm": LstmPolicy}
+EXTRACTORS = {"nature_cnn": NatureCNN, "flatten": FlattenExtractor, "combined": CombinedExtractor}
+TOP_KEYS = {"env", "algo", "total_steps", "ppo", "a2c", "policy", "policy_kwargs", "rims", "lstm", "run"}
+RUN_KEYS = {
+    "seed",
+    "device",
+    "out",
+    "checkpoint_every",
+    "eval_every",
+    "eval_episodes",
+    "eval_deterministic",
+    "progress",
+    "track",
+    "wandb_project",
+}
+POLICY_KEYS = {"critic_core", "features_extractor", "net_arch", "ortho_init"}
+# Sections whose keys are keyword arguments of a class that checks them: --set may add keys there.
+OPEN_SECTIONS = ("ppo", "a2c", "rims", "lstm", "policy_kwargs", "env")
+SCHEDULED = ("learning_rate", "clip_range")
+
+
+class TrainingDiverged(RuntimeError):
+    """A parameter became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+def resolve_config(
+    path: str | Path,
+    overrides: Iterable[str] = (),
+    *,
+    env: str | None = None,
+    algo: str | None = None,
+    policy: str | None = None,
+    seed: int | None = None,
+    total_steps: int | None = None,
+    device: str | None = None,
+    track: bool | None = None,
+) -> dict[str, Any]:
+    """The config file with command-line choices applied, checked in full. Raises ``ConfigError``."""
+    choices = {
+        "env.id": env,
+        "algo": algo,
+        "policy": policy,
+        "run.seed": seed,
+        "total_steps": total_steps,
+        "run.device": device,
+        "run.track": track,
+    }
+    flags = [f"{key}={value}" for key, value in choices.items() if value is not None]
+    config = load_config(path, [*flags, *overrides], open_sections=OPEN_SECTIONS)
+    check_config(config)
+    return config
+
+
+def _kwargs_of(cls: type) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(cls.__init__).parameters)
+
+
+def _check_kwargs(section: str, values: dict, cls: type, skip: Iterable[str] = ()) -> None:
+    reserved = {"self", "policy", "env", "seed", "device", "policy_kwargs", "verbose", "tensorboard_log"}
+    reserved |= {"_init_setup_model", *skip}
+    allowed = {name: p for name, p in _kwargs_of(cls).items() if name not in reserved and p.kind != p.VAR_KEYWORD}
+    for key, value in values.items():
+        if key not in allowed:
+            raise ConfigError(f"unknown config key '{section}.{key}' for {cls.__name__}")
+        default = allowed[key].default
+        if key in SCHEDULED and isinstance(value, str):
+            _schedule(section, key, value)
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{section}.{key} must be true or false, got {value!r}")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{section}.{key} must be a number, got {value!r}")
+            if isinstance(default, int) and not isinstance(value, int):
+                raise ConfigError(f"{section}.{key} must be an integer, got {value!r}")
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Every key known, every type right, every choice possible: before environments start."""
+    unknown = set(config) - TOP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown config keys {', '.join(sorted(unknown))}; known: {', '.join(sorted(TOP_KEYS))}")
+    missing = {"env", "algo", "total_steps", "policy", "policy_kwargs", "run"} - set(config)
+    if missing:
+        raise ConfigError(f"config lacks {', '.join(sorted(missing))}")
+    if config["algo"] not in ALGORITHMS:
+        raise ConfigError(f"algo must be one of {', '.join(ALGORITHMS)}, got {config['algo']!r}")
+    if config["policy"] not in POLICIES:
+        raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {config['policy']!r}")
+    for section in (config["algo"], config["policy"]):
+        if not isinstance(config.get(section), dict):
+            raise ConfigError(f"config section '{section}' is missing or not a mapping")
+    total = config["total_steps"]
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise ConfigError(f"total_steps must be a positive integer, got {total!r}")
+
+    env = config["env"]
+    if not isinstance(env, dict) or "id" not in env or "n_envs" not in env:
+        raise ConfigError("config section 'env' must set id and n_envs")
+    try:
+        kind = env_kind(str(env["id"]))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    extra = set(env) - {"id", "n_envs"} - (set(ATARI_ENV_KEYS) if kind == "atari" else set())
+    if extra:
+        raise ConfigError(f"unknown config keys env.{', env.'.join(sorted(extra))} for a {kind} environment")
+    if isinstance(env["n_envs"], bool) or not isinstance(env["n_envs"], int) or env["n_envs"] < 1:
+        raise ConfigError(f"env.n_envs must be a positive integer, got {env['n_envs']!r}")
+
+    run = config["run"]
+    if not isinstance(run, dict) or set(run) != RUN_KEYS:
+        have = set(run) if isinstance(run, dict) else set()
+        problems = [f"unknown run.{k}" for k in sorted(have - RUN_KEYS)]
+        problems += [f"missing run.{k}" for k in sorted(RUN_KEYS - have)]
+        raise ConfigError(f"config section 'run': {', '.join(problems)}")
+    for key in ("seed", "checkpoint_every", "eval_every", "eval_episodes"):
+        if isinstance(run[key], bool) or not isinstance(run[key], int) or run[key] < 0:
+            raise ConfigError(f"run.{key} must be a non-negative integer, got {run[key]!r}")
+    try:
+        resolve_device(str(run["device"]))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+    algo_class = ALGORITHMS[config["algo"]]
+    _check_kwargs(config["algo"], config[config["algo"]], algo_class)
+    policy_kwargs = config["policy_kwargs"]
+    unknown = set(policy_kwargs) - POLICY_KEYS
+    if unknown:
+        raise ConfigError(f"unknown config keys policy_kwargs.{', policy_kwargs.'.join(sorted(unknown))}")
+    if policy_kwargs.get("features_extractor", "flatten") not in EXTRACTORS:
+        raise ConfigError(f"policy_kwargs.features_extractor must be one of {', '.join(EXTRACTORS)}")
+    if config["policy"] == "rims":
+        _check_kwargs("rims", config["rims"], RIMs, skip=("input_size", "device", "dtype"))
+        try:
+            RIMs(1, **config["rims"])
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"rims: {error}") from None
+    else:
+        _check_kwargs("lstm", config["lstm"], LstmPolicy, skip=("observation_space", "action_space", "lr_schedule"))
+
+
+def _schedule(section: str, key: str, value: Any):
+    """A number, or ``lin_X``: linear decay from X to 0 over training (rl-zoo's notation)."""
+    if isinstance(value, str):
+        if not value.startswith("lin_"):
+            raise ConfigError(f"{section}.{key} must be a number or lin_<number>, got {value!r}")
+        try:
+            start = float(value[4:])
+        except ValueError:
+            raise ConfigError(f"{section}.{key} must be a number or lin_<number>, got {value!r}") from None
+        return lambda progress_remaining: progress_remaining * start
+    return value
+
+
+def run_dir_for(config: dict[str, Any]) -> Path:
+    """``<out>/<env>/<algo>-<policy>/seed<N>``."""
+    run = config["run"]
+    return (
+        Path(run["out"]) / env_name(config["env"]["id"]) / f"{config['algo']}-{config['policy']}" / f"seed{run['seed']}"
+    )
+
+
+# ------------------------------------------------------------------------------------- model
+
+
+def build_model(config: dict[str, Any], env, device: torch.device):
+    """The algorithm object with the configured policy, on ``env``."""
+    algo_class = ALGORITHMS[config["algo"]]
+    hyper = {key: _schedule(config["algo"], key, value) for key, value in config[config["algo"]].items()}
+    settings = dict(config["policy_kwargs"])
+    extractor = EXTRACTORS[settings.pop("features_extractor", "flatten")]
+    policy_kwargs = {**settings, "features_extractor_class": extractor}
+    if config["policy"] == "rims":
+        policy_kwargs["rims_kwargs"] = dict(config["rims"])
+    else:
+        policy_kwargs.update(config["lstm"])
+    return algo_class(
+        POLICIES[config["policy"]],
+        env,
+        policy_kwargs=policy_kwargs,
+        seed=config["run"]["seed"],
+        device=device,
+        verbose=0,
+        **hyper,
+    )
+
+
+def parameter_count(model) -> dict[str, int]:
+    """Trainable parameters: the whole policy and its recurrent core(s)."""
+    policy = model.policy
+    cores = [policy.lstm_actor] + ([policy.lstm_critic] if policy.lstm_critic is not None else [])
+    return {
+        "policy": sum(p.numel() for p in policy.parameters()),
+        "core": sum(p.numel() for core in cores for p in core.parameters()),
+    }
+
+
+# ------------------------------------------------------------------------------------- callbacks
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(model, path: Path) -> None:
+    """Model, optimizer, step counter and RNG state in one file, written atomically."""
+    buffer = io.BytesIO()
+    model.save(buffer)
+    atomic_save({"model": buffer.getvalue(), "num_timesteps": model.num_timesteps, "rng": _rng_state()}, path)
+
+
+def _finite(model) -> bool:
+    return all(torch.isfinite(p).all() for p in model.policy.parameters())
+
+
+class CheckpointAndStop(BaseCallback):
+    """Atomic checkpoints every ``every`` steps; on SIGINT/SIGTERM a last one, then stop.
+
+    Refuses to checkpoint (and stops training) once a parameter is not finite, so the last good
+    checkpoint survives a divergence.
+    """
+
+    def __init__(self, path: Path, every: int) -> None:
+        super().__init__()
+        self.path, self.every = path, every
+        self.signal: int | None = None
+        self._next = 0
+
+    def _on_training_start(self) -> None:
+        self._next = (self.num_timesteps // self.every + 1) * self.every if self.every else 0
+
+    def _on_rollout_start(self) -> None:
+        if not _finite(self.model):
+            raise TrainingDiverged(
+                f"a policy parameter is NaN or infinite after {self.num_timesteps} steps; training stopped. "
+                f"The last good checkpoint is {self.path}"
+            )
+
+    def _on_step(self) -> bool:
+        if self.signal is not None:
+            if _finite(self.model):
+                save_checkpoint(self.model, self.path)
+            return False
+        if self.every and self.num_timesteps >= self._next:
+            if not _finite(self.model):
+                self._on_rollout_start()
+            save_checkpoint(self.model, self.path)
+            self._next += self.every
+        return True
+
+
+# ------------------------------------------------------------------------------------- runs
+
+
+def train(config: dict[str, Any], run_dir: Path | None = None, resume_from: Path | None = None) -> dict[str, Any]:
+    """Train as ``config`` says. Returns a summary; raises ``TrainingDiverged`` on NaN."""
+    run = config["run"]
+    device = resolve_device(str(run["device"]))
+    run_dir = Path(run_dir or run_dir_for(config))
+    checkpoint = run_dir / "checkpoints" / "latest.pt"
+    if resume_from is None and checkpoint.exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another seed")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    env = make_env(config["env"], seed=run["seed"])
+    eval_env = None
+    try:
+        if resume_from is not None:
+            saved = _load_checkpoint(resume_from)
+            model = ALGORITHMS[config["algo"]].load(io.BytesIO(saved["model"]), env=env, device=device)
+            _set_rng_state(saved["rng"])
+        else:
+            model = build_model(config, env, device)
+        tracking = start_tracking(config, run_dir) if run["track"] else None
+        if resume_from is not None and (run_dir / "progress.csv").exists():
+            # SB3's CSV logger truncates progress.csv: keep the earlier part beside it.
+            parts = len(list(run_dir.glob("progress.part*.csv")))
+            (run_dir / "progress.csv").rename(run_dir / f"progress.part{parts}.csv")
+        model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
+
+        stopper = CheckpointAndStop(checkpoint, run["checkpoint_every"])
+        callbacks: list[BaseCallback] = [stopper]
+        if run["eval_every"] and run["eval_episodes"]:
+            eval_env = make_env(
+                config["env"], seed=run["seed"] + 10_000, evaluation=True, n_envs=min(run["eval_episodes"], 8)
+            )
+            evaluator = EvalCallback(
+                eval_env,
+                n_eval_episodes=run["eval_episodes"],
+                eval_freq=max(run["eval_every"] // env.num_envs, 1),
+                log_path=str(run_dir),
+                deterministic=run["eval_deterministic"],
+                verbose=0,
+            )
+            earlier = run_dir / "evaluations.npz"
+            if resume_from is not None and earlier.exists():
+                # EvalCallback rewrites evaluations.npz from its own lists: start them with the past.
+                with np.load(earlier) as past:
+                    evaluator.evaluations_timesteps = past["timesteps"].tolist()
+                    evaluator.evaluations_results = past["results"].tolist()
+                    evaluator.evaluations_length = past["ep_lengths"].tolist()
+            callbacks.append(evaluator)
+        if tracking is not None:
+            callbacks.append(tracking.callback)
+
+        def on_signal(signum, frame):
+            stopper.signal = signum
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            model.learn(
+                total_timesteps=max(config["total_steps"] - model.num_timesteps, 0),
+                callback=CallbackList(callbacks),
+                progress_bar=run["progress"],
+                reset_num_timesteps=resume_from is None,
+            )
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if tracking is not None:
+                tracking.finish()
+        if stopper.signal is None:
+            save_checkpoint(model, checkpoint)
+            model.save(run_dir / "model.zip")
+        return {
+            "run_dir": str(run_dir),
+            "num_timesteps": model.num_timesteps,
+            "interrupted_by": stopper.signal,
+            "parameters": parameter_count(model),
+            "device": str(device),
+        }
+    finally:
+        env.close()
+        if eval_env is not None:
+            eval_env.close()
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(saved, dict) or "model" not in saved:
+            raise ValueError("not a rims-rl checkpoint")
+        return saved
+    except FileNotFoundError:
+        raise ConfigError(f"no checkpoint at {path}") from None
+    except Exception as error:
+        raise ConfigError(f"cannot read checkpoint {path}: {error}") from None
+
+
+def resume(run_dir: str | Path, total_steps: int | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from ``checkpoints/latest.pt`` up to its (or a new) total."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
+    checkpoint = run_dir / "checkpoints" / "latest.pt"
+    _load_checkpoint(checkpoint)  # fail before environments start
+    flags = [f"total_steps={total_steps}"] if total_steps is not None else []
+    config = load_config(run_dir / "config.yaml", [*flags, *overrides], open_sections=OPEN_SECTIONS)
+    check_config(config)
+    return train(copy.deepcopy(config), run_dir=run_dir, resume_from=checkpoint)

@@ -1,0 +1,253 @@
+"""Recurrent actor-critic policies for sb3-contrib's ``RecurrentPPO`` with a RIMs or LSTM core.
+
+Thin glue over ``RecurrentActorCriticPolicy``: the recurrent core is ours (``rims_rl.RIMs`` or
+:class:`rims_rl.cores.LSTMCore`), everything else (features extractor, MLP heads, distributions,
+state buffers) is sb3-contrib's. RIMs and LSTM policies share every line except the core, so a
+comparison between them differs only in the core.
+
+Critic structure (``critic_core``):
+
+- ``"shared"`` (default): one core feeds actor and critic, and both losses train it, as in the
+  PPO code base the RIMs paper used. (sb3-contrib's ``shared_lstm=True`` instead detaches the
+  critic's input, so value gradients never reach the core.)
+- ``"separate"``: a second core of the same kind for the critic (sb3-contrib's default layout).
+- ``"none"``: a feed-forward critic on the extracted features.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN
+from stable_baselines3.common.type_aliases import Schedule
+from torch import nn
+
+from rims_rl.cores import LSTMCore
+from rims_rl.rims import RIMs
+
+__all__ = [
+    "LstmCnnPolicy",
+    "LstmMultiInputPolicy",
+    "LstmPolicy",
+    "RecurrentCorePolicy",
+    "RimsCnnPolicy",
+    "RimsMultiInputPolicy",
+    "RimsPolicy",
+]
+
+CRITIC_CORES = ("shared", "separate", "none")
+# sb3-contrib's LSTM settings that the core replaces; accepting them silently would mislead.
+_CORE_OWNED = ("n_lstm_layers", "shared_lstm", "enable_critic_lstm", "lstm_kwargs")
+
+
+class RecurrentCorePolicy(RecurrentActorCriticPolicy):
+    """A ``RecurrentActorCriticPolicy`` whose recurrent core comes from :meth:`_build_core`.
+
+    Subclasses define the core; this class swaps it in for sb3-contrib's ``nn.LSTM``, rebuilds the
+    optimizer over the final parameters, runs whole sequences through the core in one call, and
+    keeps every size in :meth:`_get_constructor_parameters` so ``policy.save`` / ``load`` work.
+
+    Args:
+        critic_core: ``"shared"``, ``"separate"`` or ``"none"`` (see the module docstring).
+        **kwargs: everything ``RecurrentActorCriticPolicy`` takes, except its LSTM settings.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        critic_core: str = "shared",
+        **kwargs: Any,
+    ) -> None:
+        if critic_core not in CRITIC_CORES:
+            raise ValueError(f"critic_core must be one of {', '.join(CRITIC_CORES)}, got {critic_core!r}")
+        owned = sorted(set(kwargs) & set(_CORE_OWNED))
+        if owned:
+            raise ValueError(f"{', '.join(owned)}: set by the core of {type(self).__name__}, not accepted here")
+        if critic_core == "shared" and not kwargs.get("share_features_extractor", True):
+            raise ValueError("critic_core='shared' needs share_features_extractor=True")
+        self.critic_core = critic_core
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            lstm_hidden_size=self._core_output_size(),
+            enable_critic_lstm=critic_core == "separate",
+            **kwargs,
+        )
+        self.lstm_actor = self._build_core(self.features_dim)
+        if critic_core == "separate":
+            self.lstm_critic = self._build_core(self.features_dim)
+        elif critic_core == "shared":
+            self.critic = None
+        # The parent built its optimizer over the nn.LSTM just replaced.
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    # -- what a subclass provides
+
+    def _core_output_size(self) -> int:
+        raise NotImplementedError
+
+    def _build_core(self, input_size: int) -> nn.Module:
+        raise NotImplementedError
+
+    def _core_parameters(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- sb3-contrib hooks
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(critic_core=self.critic_core, **self._core_parameters())
+        return data
+
+    @staticmethod
+    def _process_sequence(
+        features: torch.Tensor,
+        lstm_states: tuple[torch.Tensor, torch.Tensor],
+        episode_starts: torch.Tensor,
+        lstm: nn.Module,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        # The core resets flagged entries itself, so the whole (padded) sequence is one call, and
+        # collection (T = 1) and training run the same code.
+        n_seq = lstm_states[0].shape[1]
+        sequence = features.reshape(n_seq, -1, lstm.input_size).swapaxes(0, 1)
+        starts = episode_starts.reshape(n_seq, -1).swapaxes(0, 1)
+        output, states = lstm(sequence, lstm_states, starts)
+        return output.transpose(0, 1).flatten(0, 1), states
+
+    def _latents(
+        self, obs: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, RNNStates]:
+        features = self.extract_features(obs)
+        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        latent_pi, states_pi = self._process_sequence(pi_features, lstm_states.pi, episode_starts, self.lstm_actor)
+        if self.critic_core == "separate":
+            latent_vf, states_vf = self._process_sequence(vf_features, lstm_states.vf, episode_starts, self.lstm_critic)
+        elif self.critic_core == "shared":
+            latent_vf, states_vf = latent_pi, states_pi  # no detach: the value loss trains the core too
+        else:
+            latent_vf, states_vf = self.critic(vf_features), states_pi
+        return (
+            self.mlp_extractor.forward_actor(latent_pi),
+            self.mlp_extractor.forward_critic(latent_vf),
+            RNNStates(states_pi, states_vf),
+        )
+
+    def forward(
+        self, obs: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RNNStates]:
+        latent_pi, latent_vf, states = self._latents(obs, lstm_states, episode_starts)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        return actions.reshape((-1, *self.action_space.shape)), self.value_net(latent_vf), log_prob, states
+
+    def evaluate_actions(
+        self, obs: torch.Tensor, actions: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
+
+    def predict_values(
+        self, obs: torch.Tensor, lstm_states: tuple[torch.Tensor, torch.Tensor], episode_starts: torch.Tensor
+    ) -> torch.Tensor:
+        features = super(ActorCriticPolicy, self).extract_features(obs, self.vf_features_extractor)
+        if self.critic_core == "none":
+            latent_vf = self.critic(features)
+        else:
+            core = self.lstm_critic if self.critic_core == "separate" else self.lstm_actor
+            latent_vf, _ = self._process_sequence(features, lstm_states, episode_starts, core)
+        return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+
+
+class RimsPolicy(RecurrentCorePolicy):
+    """Recurrent actor-critic with a :class:`rims_rl.RIMs` core (MLP features by default).
+
+    Args:
+        rims_kwargs: arguments of :class:`rims_rl.RIMs` except ``input_size`` (the features
+            width). Must include ``unit_size``, ``num_units`` and ``k_active``; the rest default to
+            the paper's Table 3. Keep the dropouts at 0 for PPO and A2C: dropout that is live in
+            the update but not in collection makes the first PPO ratio differ from 1.
+        **kwargs: see :class:`RecurrentCorePolicy`.
+    """
+
+    def __init__(self, observation_space, action_space, lr_schedule, rims_kwargs: dict | None = None, **kwargs):
+        rims_kwargs = dict(rims_kwargs or {})
+        missing = [key for key in ("unit_size", "num_units", "k_active") if key not in rims_kwargs]
+        if missing:
+            raise ValueError(f"rims_kwargs must set {', '.join(missing)}")
+        if "input_size" in rims_kwargs:
+            raise ValueError("rims_kwargs must not set input_size: it is the features extractor's width")
+        # Fail on bad RIMs arguments now, before the parent builds anything.
+        RIMs(1, **rims_kwargs)
+        self.rims_kwargs = rims_kwargs
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+
+    def _core_output_size(self) -> int:
+        return self.rims_kwargs["num_units"] * self.rims_kwargs["unit_size"]
+
+    def _build_core(self, input_size: int) -> nn.Module:
+        return RIMs(input_size, **self.rims_kwargs)
+
+    def _core_parameters(self) -> dict[str, Any]:
+        return {"rims_kwargs": dict(self.rims_kwargs)}
+
+
+class LstmPolicy(RecurrentCorePolicy):
+    """The LSTM baseline: the same policy as :class:`RimsPolicy` with an ``nn.LSTM`` core.
+
+    Args:
+        lstm_hidden_size: the LSTM's hidden size (the core's output width).
+        **kwargs: see :class:`RecurrentCorePolicy`.
+    """
+
+    def __init__(self, observation_space, action_space, lr_schedule, lstm_hidden_size: int = 256, **kwargs):
+        if isinstance(lstm_hidden_size, bool) or not isinstance(lstm_hidden_size, int) or lstm_hidden_size < 1:
+            raise ValueError(f"lstm_hidden_size must be a positive integer, got {lstm_hidden_size!r}")
+        self.core_hidden_size = lstm_hidden_size
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+
+    def _core_output_size(self) -> int:
+        return self.core_hidden_size
+
+    def _build_core(self, input_size: int) -> nn.Module:
+        return LSTMCore(input_size, self.core_hidden_size)
+
+    def _core_parameters(self) -> dict[str, Any]:
+        return {"lstm_hidden_size": self.core_hidden_size}
+
+
+class RimsCnnPolicy(RimsPolicy):
+    """:class:`RimsPolicy` with NatureCNN features, for image observations."""
+
+    def __init__(self, *args, features_extractor_class: type = NatureCNN, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class RimsMultiInputPolicy(RimsPolicy):
+    """:class:`RimsPolicy` for ``Dict`` observations (sb3's CombinedExtractor)."""
+
+    def __init__(self, *args, features_extractor_class: type = CombinedExtractor, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class LstmCnnPolicy(LstmPolicy):
+    """:class:`LstmPolicy` with NatureCNN features, for image observations."""
+
+    def __init__(self, *args, features_extractor_class: type = NatureCNN, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class LstmMultiInputPolicy(LstmPolicy):
+    """:class:`LstmPolicy` for ``Dict`` observations (sb3's CombinedExtractor)."""
+
+    def __init__(self, *args, features_extractor_class: type = CombinedExtractor, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)

@@ -1,0 +1,208 @@
+"""RIMs and LSTM policies inside sb3-contrib's RecurrentPPO, and recurrent A2C."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from rims_rl.cores import LSTMCore
+from rims_rl.policies import LstmPolicy, RimsPolicy
+from rims_rl.rims import RIMs
+
+RIMS = {"unit_size": 8, "num_units": 4, "k_active": 2, "input_dropout": 0.0, "comm_dropout": 0.0}
+POLICIES = {"rims": ("RimsPolicy", {"rims_kwargs": RIMS}), "lstm": ("LstmPolicy", {"lstm_hidden_size": 32})}
+
+
+def cartpole(n_envs: int = 3, seed: int = 0):
+    return make_vec_env("CartPole-v1", n_envs=n_envs, seed=seed)
+
+
+def ppo(policy: str = "rims", critic_core: str = "shared", **kwargs) -> RimsPPO:
+    name, policy_kwargs = POLICIES[policy]
+    settings = dict(n_steps=32, batch_size=48, n_epochs=2, seed=0, device="cpu")
+    settings.update(kwargs)
+    return RimsPPO(name, cartpole(), policy_kwargs={**policy_kwargs, "critic_core": critic_core}, **settings)
+
+
+def collect(model) -> None:
+    """One rollout into model.rollout_buffer, without training."""
+    _, callback = model._setup_learn(10_000, None)
+    callback.on_training_start(locals(), globals())
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+
+
+@pytest.mark.parametrize("policy", ["rims", "lstm"])
+@pytest.mark.parametrize("critic_core", ["shared", "separate", "none"])
+def test_core_is_ours_and_optimizer_covers_every_parameter(policy, critic_core):
+    model = ppo(policy, critic_core)
+    core_type = RIMs if policy == "rims" else LSTMCore
+    assert isinstance(model.policy.lstm_actor, core_type)
+    assert isinstance(model.policy.lstm_critic, core_type) == (critic_core == "separate")
+    in_optimizer = {id(p) for group in model.policy.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in in_optimizer for p in model.policy.parameters())
+    assert len(in_optimizer) == len(list(model.policy.parameters()))  # nothing stale (the discarded nn.LSTM)
+    # sb3-contrib sizes its state buffers from the core: (n_steps, 1, n_envs, output width).
+    width = 32
+    assert model.rollout_buffer.hidden_states_pi.shape == (32, 1, 3, width)
+
+
+def test_bad_policy_settings_fail_clearly():
+    with pytest.raises(ValueError, match="k_active"):
+        ppo(policy="rims").__class__("RimsPolicy", cartpole(), policy_kwargs={"rims_kwargs": {**RIMS, "k_active": 9}})
+    with pytest.raises(ValueError, match="critic_core"):
+        ppo(critic_core="both")
+    with pytest.raises(ValueError, match="n_lstm_layers"):
+        RimsPPO("LstmPolicy", cartpole(), policy_kwargs={"n_lstm_layers": 2})
+
+
+@pytest.mark.parametrize("critic_core", ["shared", "separate"])
+def test_ppo_loss_gradients_reach_every_rims_parameter_group(critic_core):
+    """The authors' Atari code fed CNN features, not RIMs, to the heads: prove ours trains RIMs."""
+    model = ppo("rims", critic_core)
+    grads = {}
+    optimizer_step = model.policy.optimizer.step
+
+    def record_then_step(*args, **kwargs):
+        if not grads:
+            for name, parameter in model.policy.named_parameters():
+                grads[name] = None if parameter.grad is None else parameter.grad.abs().sum().item()
+        return optimizer_step(*args, **kwargs)
+
+    model.policy.optimizer.step = record_then_step
+    model.learn(96)
+    cores = ["lstm_actor"] + (["lstm_critic"] if critic_core == "separate" else [])
+    for core in cores:
+        for group in ("input_key", "input_value", "input_query", "weight_ih", "weight_hh", "comm_qkv", "comm_output"):
+            assert grads[f"{core}.{group}"], f"no PPO gradient reaches {core}.{group}"
+    assert grads["action_net.weight"] and grads["value_net.weight"]
+
+
+def test_shared_core_is_trained_by_the_value_loss_too():
+    """sb3-contrib's shared_lstm detaches the critic; our shared core takes the value gradient."""
+    model = ppo("rims", "shared")
+    collect(model)
+    batch = next(model.rollout_buffer.get(None))
+    values, _, _ = model.policy.evaluate_actions(
+        batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
+    )
+    values.sum().backward()
+    assert model.policy.lstm_actor.weight_hh.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("policy", ["rims", "lstm"])
+@pytest.mark.parametrize("critic_core", ["shared", "separate"])
+def test_training_path_reproduces_collection(policy, critic_core):
+    """Re-evaluating a rollout in padded training sequences (stored states, resets at episode
+    starts) gives the log-probabilities and values seen while acting one step at a time."""
+    model = ppo(policy, critic_core, n_steps=64, batch_size=64)
+    collect(model)
+    assert model.rollout_buffer.episode_starts[1:].any()  # episodes end inside the rollout
+    for batch in model.rollout_buffer.get(64):
+        with torch.no_grad():
+            values, log_prob, _ = model.policy.evaluate_actions(
+                batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
+            )
+        mask = batch.mask > 0
+        torch.testing.assert_close(log_prob[mask], batch.old_log_prob[mask], rtol=0, atol=1e-5)
+        torch.testing.assert_close(values.flatten()[mask], batch.old_values[mask], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["rims", "lstm"])
+def test_model_and_policy_save_load_give_identical_actions(policy, tmp_path):
+    model = ppo(policy)
+    model.learn(96)
+    env = cartpole(n_envs=2, seed=5)
+    obs = env.reset()
+
+    def play(predictor, steps=30):
+        actions, state, start, o = [], None, np.ones(2, dtype=bool), obs
+        for _ in range(steps):
+            action, state = predictor.predict(o, state=state, episode_start=start, deterministic=True)
+            actions.append(action)
+            o = o + 0.01 * action[:, None]  # a fixed, action-dependent observation stream
+            start = np.zeros(2, dtype=bool)
+        return np.array(actions), state
+
+    reference = play(model)
+    model.save(tmp_path / "model.zip")
+    loaded = RimsPPO.load(tmp_path / "model.zip")
+    model.policy.save(tmp_path / "policy.pt")
+    policy_class = RimsPolicy if policy == "rims" else LstmPolicy
+    loaded_policy = policy_class.load(tmp_path / "policy.pt")
+    for other in (loaded, loaded_policy):
+        actions, state = play(other)
+        assert np.array_equal(actions, reference[0])
+        assert np.array_equal(state[0], reference[1][0]) and np.array_equal(state[1], reference[1][1])
+    if policy == "rims":
+        assert loaded_policy.rims_kwargs == RIMS  # non-default sizes survive policy-only save/load
+    else:
+        assert loaded_policy.lstm_actor.hidden_size == 32
+
+
+@pytest.mark.parametrize("policy", ["rims", "lstm"])
+def test_a2c_update_equals_hand_computed_a2c_step(policy):
+    name, policy_kwargs = POLICIES[policy]
+    model = RecurrentA2C(name, cartpole(), policy_kwargs=policy_kwargs, n_steps=8, ent_coef=0.01, seed=0, device="cpu")
+    assert isinstance(model.policy.optimizer, torch.optim.RMSprop)
+    before = copy.deepcopy(model.policy)
+    initial = [p.detach().clone() for p in model.policy.parameters()]
+    optimizer = torch.optim.RMSprop(before.parameters(), lr=7e-4, alpha=0.99, eps=1e-5)
+    model.learn(8 * 3)  # one rollout, one update
+
+    # A2C by hand on the same rollout: each environment's 8 steps as one sequence from its stored
+    # state, resets at episode starts, plain policy-gradient + value + entropy loss, RMSprop.
+    buffer = model.rollout_buffer  # flattened env-major by the update
+    n_envs, steps = 3, 8
+    obs = torch.as_tensor(buffer.observations).float()
+    actions = torch.as_tensor(buffer.actions).long().flatten()
+    starts = torch.as_tensor(buffer.episode_starts).float().flatten()
+    state = (
+        torch.as_tensor(buffer.hidden_states_pi[::steps]).swapaxes(0, 1).contiguous(),
+        torch.as_tensor(buffer.cell_states_pi[::steps]).swapaxes(0, 1).contiguous(),
+    )
+    features = before.extract_features(obs)
+    sequence = features.view(n_envs, steps, -1).swapaxes(0, 1)
+    output, _ = before.lstm_actor(sequence, state, starts.view(n_envs, steps).swapaxes(0, 1))
+    latent = output.swapaxes(0, 1).flatten(0, 1)
+    distribution = before._get_action_dist_from_latent(before.mlp_extractor.forward_actor(latent))
+    values = before.value_net(before.mlp_extractor.forward_critic(latent)).flatten()
+    advantages = torch.as_tensor(buffer.advantages).float().flatten()
+    returns = torch.as_tensor(buffer.returns).float().flatten()
+    loss = (
+        -(advantages * distribution.log_prob(actions)).mean()
+        - 0.01 * distribution.entropy().mean()
+        + 0.5 * ((returns - values) ** 2).mean()
+    )
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(before.parameters(), 0.5)
+    optimizer.step()
+    for (name_, expected), actual in zip(before.named_parameters(), model.policy.parameters(), strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6, msg=f"{name_} differs")
+    assert all(not torch.equal(a, b) for a, b in zip(initial, model.policy.parameters(), strict=True))
+
+
+def test_a2c_rejects_ppo_only_settings():
+    with pytest.raises(ValueError, match="n_epochs"):
+        RecurrentA2C("RimsPolicy", cartpole(), policy_kwargs={"rims_kwargs": RIMS}, n_epochs=4)
+
+
+def test_lstm_core_resets_like_rims_semantics():
+    """LSTMCore with episode_starts equals nn.LSTM run piecewise from zero states."""
+    torch.manual_seed(0)
+    core = LSTMCore(5, 7)
+    x = torch.randn(9, 3, 5)
+    starts = torch.zeros(9, 3)
+    starts[4, 1] = 1.0
+    state = (torch.randn(1, 3, 7), torch.randn(1, 3, 7))
+    output, _ = core(x, state, starts)
+    plain, _ = torch.nn.LSTM.forward(core, x, state)
+    assert torch.equal(output[:, [0, 2]], plain[:, [0, 2]])
+    fresh, _ = torch.nn.LSTM.forward(core, x[4:, 1:2])
+    torch.testing.assert_close(output[4:, 1], fresh[:, 0])
+    assert not torch.allclose(output[4:, 1], plain[4:, 1])

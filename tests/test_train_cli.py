@@ -1,0 +1,201 @@
+"""The training command line: runs, resume after a kill, evaluation, comparison, bad input, wandb."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rims_rl.agents.train import CheckpointAndStop, TrainingDiverged, build_model, resolve_config, save_checkpoint
+from rims_rl.envs import make_env
+
+TINY = [
+    "--config", "classic/cartpole.yaml",
+    "--set", "ppo.n_steps=16", "--set", "ppo.batch_size=32", "--set", "ppo.n_epochs=1",
+    "--set", "run.progress=false", "--set", "run.eval_episodes=2",
+]  # fmt: skip
+
+
+def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rims_rl", *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def offline_env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(home)  # no ~/.netrc: no wandb key anywhere
+    return env
+
+
+def test_train_evaluate_compare_end_to_end(tmp_path):
+    runs = tmp_path / "runs"
+    for policy in ("rims", "lstm"):
+        for seed in ("0", "1"):
+            result = cli(
+                "train", *TINY, "--policy", policy, "--seed", seed, "--total-steps", "256", "--out", str(runs),
+                "--set", "run.eval_every=128", "--set", "run.checkpoint_every=128",
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            assert "trained 256 steps" in result.stdout
+    run = runs / "CartPole-v1" / "ppo-rims" / "seed0"
+    for name in ("config.yaml", "progress.csv", "evaluations.npz", "model.zip", "checkpoints/latest.pt"):
+        assert (run / name).is_file(), name
+    assert list(run.glob("events.out.tfevents.*"))
+    assert len(np.load(run / "evaluations.npz")["timesteps"]) == 2
+
+    result = cli("evaluate", str(run), "--episodes", "3", "--deterministic")
+    assert result.returncode == 0, result.stderr
+    assert "mean return" in result.stdout and "95% CI" in result.stdout
+
+    result = cli("compare", str(runs), "--out", str(tmp_path / "cmp"))
+    assert result.returncode == 0, result.stderr
+    assert "ppo-lstm, ppo-rims" in result.stdout
+    table = (tmp_path / "cmp" / "curves.csv").read_text().splitlines()
+    assert table[0] == "env,run,seeds,step,mean_return,ci95_low,ci95_high"
+    assert any(",ppo-rims,2," in row for row in table) and any(",ppo-lstm,2," in row for row in table)
+    assert (tmp_path / "cmp" / "curves.png").stat().st_size > 1000
+
+
+def test_sigterm_checkpoints_and_resume_continues(tmp_path):
+    args = ["train", *TINY, "--total-steps", "100000", "--out", str(tmp_path), "--set", "run.eval_every=0"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rims_rl", *args, "--set", "run.checkpoint_every=64"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run = tmp_path / "CartPole-v1" / "ppo-rims" / "seed0"
+    checkpoint = run / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), "no checkpoint was written"
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "rims-rl train --resume" in stderr and "Traceback" not in stderr
+    stopped_at = torch.load(checkpoint, weights_only=False)["num_timesteps"]
+    assert 0 < stopped_at < 100_000
+
+    # Another run into the same folder is refused; --resume continues the step count.
+    refused = cli(*args)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = cli("train", "--resume", str(run), "--total-steps", str(stopped_at + 64))
+    assert resumed.returncode == 0, resumed.stderr
+    final = torch.load(checkpoint, weights_only=False)["num_timesteps"]
+    assert stopped_at + 64 <= final < stopped_at + 64 + 64
+    assert (run / "model.zip").is_file()
+    # Both parts of the training log survive, and the curve covers the whole run.
+    from rims_rl.agents.compare import learning_curve
+
+    assert (run / "progress.part0.csv").is_file() and (run / "progress.csv").is_file()
+    steps, _ = learning_curve(run, "train")
+    assert steps.min() < stopped_at < steps.max()
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = resolve_config("classic/cartpole.yaml", ["run.progress=false"])
+    env = make_env(config["env"], seed=0)
+    model = build_model(config, env, torch.device("cpu"))
+    path = tmp_path / "latest.pt"
+    save_checkpoint(model, path)
+    good = path.read_bytes()
+    callback = CheckpointAndStop(path, every=1)
+    callback.init_callback(model)
+    with torch.no_grad():
+        next(model.policy.parameters())[0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="NaN or infinite"):
+        callback.on_rollout_start()
+    with pytest.raises(TrainingDiverged):
+        callback.on_step()
+    assert path.read_bytes() == good
+    env.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--env", "Pongg"], "unknown Atari game 'Pongg'; did you mean Pong"),
+        (["--env", "CartPole-v9"], "did you mean CartPole-v1"),
+        (["--set", "ppo.n_stepz=3"], "unknown config key 'ppo.n_stepz'"),
+        (["--set", "run.bogus=3"], "unknown config key 'run.bogus'"),
+        (["--set", "ppo.n_steps=abc"], "ppo.n_steps must be a number"),
+        (["--set", "ppo.learning_rate=fast"], "lin_<number>"),
+        (["--set", "rims.k_active=7"], "k_active must be an integer in [1, num_units=6]"),
+        (["--set", "env.sticky=0.25"], "unknown config keys env.sticky"),
+        (["--device", "cuda"], "no CUDA GPU"),
+        (["--resume", "/nonexistent/run"], "not a run folder"),
+        (["--config", "nope.yaml"], "config not found"),
+    ],
+)
+def test_bad_input_fails_fast_with_one_line(args, message, tmp_path):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    started = time.time()
+    result = cli("train", "--out", str(tmp_path), *args, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing started
+    assert time.time() - started < 60
+
+
+def test_resume_from_a_corrupt_checkpoint_is_refused(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(
+        Path(__file__).parent.joinpath("..", "configs", "classic", "cartpole.yaml").read_text()
+    )
+    (run / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")
+    result = cli("train", "--resume", str(run))
+    assert result.returncode == 2 and "cannot read checkpoint" in result.stderr
+
+
+def test_wandb_tracking_works_offline_without_a_key(tmp_path):
+    result = cli(
+        "train", *TINY, "--total-steps", "64", "--out", str(tmp_path), "--track",
+        "--set", "run.eval_every=0", env=offline_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "CartPole-v1" / "ppo-rims" / "seed0"
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline, "no offline wandb run was written"
+    assert (run / "model.zip").is_file()
+
+
+def test_training_survives_a_broken_wandb(tmp_path, monkeypatch):
+    import wandb
+    from rims_rl.agents.train import train
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("wandb is unreachable")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    config = resolve_config(
+        "classic/cartpole.yaml",
+        ["run.progress=false", "run.eval_every=0", "ppo.n_steps=16", "ppo.batch_size=32", f"run.out={tmp_path}"],
+        total_steps=64,
+        track=True,
+    )
+    with pytest.warns(UserWarning, match="wandb tracking is off"):
+        summary = train(config)
+    assert summary["num_timesteps"] == 64
+
+
+def test_cli_help_documents_every_option():
+    for command, options in {
+        "train": ["--config", "--env", "--algo", "--policy", "--seed", "--total-steps", "--device", "--set", "--track",
+                  "--resume", "--out"],
+        "evaluate": ["--episodes", "--deterministic", "--video"],
+        "compare": ["--out", "--source"],
+    }.items():  # fmt: skip
+        result = cli(command, "--help")
+        assert result.returncode == 0
+        for option in options:
+            assert option in result.stdout, f"{command} {option}"
