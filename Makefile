@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint bench copying clean
+.PHONY: install demo test test-all lint bench bench-train copying clean
 
 install: $(STAMP)
 
@@ -19,10 +19,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# The main job on a small default: RIMs vs LSTM on the paper's copying task, a few minutes on a CPU.
+# The main job on a small default: RIMs-PPO on Pong for a couple of minutes on a CPU, then a
+# full-game evaluation and the learning-curve plot (runs/demo/comparison/curves.png).
+DEMO_STEPS ?= 16384
 demo: install
-	$(BIN)/rims-rl copying --out runs/copying-demo --set train.updates=300 --set train.eval_every=50 \
-		--set train.eval_sequences=128
+	rm -rf runs/demo
+	$(BIN)/rims-rl train --config atari/ppo_rims.yaml --env Pong --total-steps $(DEMO_STEPS) --out runs/demo \
+		--set run.eval_every=8192 --set run.eval_episodes=2 --set run.checkpoint_every=8192
+	$(BIN)/rims-rl evaluate runs/demo/Pong/ppo-rims/seed0 --episodes 2
+	$(BIN)/rims-rl compare runs/demo --out runs/demo/comparison
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -37,6 +42,10 @@ lint: install
 # Speed of the RIMs core against nn.LSTM, measured side by side and printed as ratios.
 bench: install
 	$(BIN)/python benchmarks/bench_core.py
+
+# End-to-end PPO throughput on Pong: feed-forward, stock CnnLstmPolicy, our LSTM and RIMs policies.
+bench-train: install
+	$(BIN)/python benchmarks/bench_train.py
 
 # The full copying experiment (paper Table 1); about half an hour on a 2-core CPU.
 copying: install

@@ -37,7 +37,7 @@ from rims_rl.policies import LstmPolicy, RimsPolicy
 from rims_rl.rims import RIMs
 from rims_rl.utils import atomic_save, resolve_device
 
-__all__ = ["TrainingDiverged", "build_model", "resolve_config", "resume", "run_dir_for", "train"]
+__all__ = ["TrainingDiverged", "build_model", "parse_schedule", "resolve_config", "resume", "run_dir_for", "train"]
 
 ALGORITHMS = {"ppo": RimsPPO, "a2c": RecurrentA2C}
 POLICIES = {"rims": RimsPolicy, "lstm": LstmPolicy}
@@ -109,7 +109,7 @@ def _check_kwargs(section: str, values: dict, cls: type, skip: Iterable[str] = (
             raise ConfigError(f"unknown config key '{section}.{key}' for {cls.__name__}")
         default = allowed[key].default
         if key in SCHEDULED and isinstance(value, str):
-            _schedule(section, key, value)
+            parse_schedule(section, key, value)
         elif isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"{section}.{key} must be true or false, got {value!r}")
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
@@ -183,7 +183,7 @@ def check_config(config: dict[str, Any]) -> None:
         _check_kwargs("lstm", config["lstm"], LstmPolicy, skip=("observation_space", "action_space", "lr_schedule"))
 
 
-def _schedule(section: str, key: str, value: Any):
+def parse_schedule(section: str, key: str, value: Any):
     """A number, or ``lin_X``: linear decay from X to 0 over training (rl-zoo's notation)."""
     if isinstance(value, str):
         if not value.startswith("lin_"):
@@ -210,7 +210,7 @@ def run_dir_for(config: dict[str, Any]) -> Path:
 def build_model(config: dict[str, Any], env, device: torch.device):
     """The algorithm object with the configured policy, on ``env``."""
     algo_class = ALGORITHMS[config["algo"]]
-    hyper = {key: _schedule(config["algo"], key, value) for key, value in config[config["algo"]].items()}
+    hyper = {key: parse_schedule(config["algo"], key, value) for key, value in config[config["algo"]].items()}
     settings = dict(config["policy_kwargs"])
     extractor = EXTRACTORS[settings.pop("features_extractor", "flatten")]
     policy_kwargs = {**settings, "features_extractor_class": extractor}

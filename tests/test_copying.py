@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 from rims_rl.agents.copying import copying_batch, run_copying
 
 from rims_rl.config import ConfigError, apply_overrides, load_config
+from tests.helpers import assert_one_line_error, cli
 
 TINY = [
     "task.digits=2",
@@ -100,12 +99,6 @@ def test_bad_model_settings_fail_before_training(tmp_path):
     assert not (tmp_path / "rims.pt").exists()
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rims_rl", *args], capture_output=True, text=True, timeout=300, check=False
-    )
-
-
 def test_cli_runs_the_copying_task(tmp_path):
     overrides = [item for pair in (("--set", o) for o in [*TINY, "train.updates=10"]) for item in pair]
     result = cli("copying", "--out", str(tmp_path), "--models", "lstm", "--no-progress", *overrides)
@@ -128,10 +121,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
     if "cuda" in " ".join(args) and torch.cuda.is_available():
         pytest.skip("a GPU is present")
     result = cli("copying", "--out", str(tmp_path), *args)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert_one_line_error(result, message)
     assert not list(tmp_path.glob("*.pt"))
 
 

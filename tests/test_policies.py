@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -206,3 +207,24 @@ def test_lstm_core_resets_like_rims_semantics():
     fresh, _ = torch.nn.LSTM.forward(core, x[4:, 1:2])
     torch.testing.assert_close(output[4:, 1], fresh[:, 0])
     assert not torch.allclose(output[4:, 1], plain[4:, 1])
+
+
+class DictCartPole(gym.ObservationWrapper):
+    """CartPole with a Dict observation, for the MultiInput policies."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.observation_space = gym.spaces.Dict({"state": env.observation_space})
+
+    def observation(self, observation):
+        return {"state": observation}
+
+
+@pytest.mark.parametrize("policy", ["RimsMultiInputPolicy", "LstmMultiInputPolicy"])
+def test_multi_input_policies_train_on_dict_observations(policy):
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0, wrapper_class=DictCartPole)
+    kwargs = {"rims_kwargs": RIMS} if policy.startswith("Rims") else {"lstm_hidden_size": 16}
+    model = RimsPPO(policy, env, policy_kwargs=kwargs, n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu")
+    model.learn(64)
+    action, state = model.predict(env.reset(), deterministic=True)
+    assert action.shape == (2,) and state[0].shape == (1, 2, 32 if policy.startswith("Rims") else 16)

@@ -15,17 +15,13 @@ import torch
 from rims_rl.agents.train import CheckpointAndStop, TrainingDiverged, build_model, resolve_config, save_checkpoint
 from rims_rl.envs import make_env
 
+from tests.helpers import assert_one_line_error, cli
+
 TINY = [
     "--config", "classic/cartpole.yaml",
     "--set", "ppo.n_steps=16", "--set", "ppo.batch_size=32", "--set", "ppo.n_epochs=1",
     "--set", "run.progress=false", "--set", "run.eval_episodes=2",
 ]  # fmt: skip
-
-
-def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rims_rl", *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
 
 
 def offline_env(home: Path) -> dict:
@@ -139,9 +135,7 @@ def test_bad_input_fails_fast_with_one_line(args, message, tmp_path):
         pytest.skip("a GPU is present")
     started = time.time()
     result = cli("train", "--out", str(tmp_path), *args, timeout=120)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert_one_line_error(result, message)
     assert not any(tmp_path.iterdir())  # nothing started
     assert time.time() - started < 60
 
@@ -199,3 +193,21 @@ def test_cli_help_documents_every_option():
         assert result.returncode == 0
         for option in options:
             assert option in result.stdout, f"{command} {option}"
+
+
+def test_atari_run_evaluates_full_games_and_records_video(tmp_path):
+    result = cli(
+        "train", "--env", "ALE/Pong-v5", "--total-steps", "64", "--out", str(tmp_path),
+        "--set", "env.n_envs=2", "--set", "ppo.n_steps=32", "--set", "ppo.batch_size=32", "--set", "ppo.n_epochs=1",
+        "--set", "rims.unit_size=16", "--set", "env.max_episode_frames=400",
+        "--set", "run.eval_every=0", "--set", "run.progress=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "run folder" in result.stdout and "Pong/ppo-rims/seed0" in result.stdout
+    result = cli("evaluate", str(tmp_path / "Pong" / "ppo-rims" / "seed0"), "--episodes", "2", "--video")
+    assert result.returncode == 0, result.stderr
+    assert "mean length 100" in result.stdout  # 400 frames / frame skip 4: full (time-limited) games
+    from PIL import Image
+
+    gif = Image.open(tmp_path / "Pong" / "ppo-rims" / "seed0" / "videos" / "episode.gif")
+    assert gif.n_frames > 50 and gif.size == (160, 210)

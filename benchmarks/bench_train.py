@@ -1,0 +1,80 @@
+"""End-to-end PPO training throughput on Atari (environment steps per second), measured in one run.
+
+Four agents with the PPO settings of ``configs/atari/ppo_rims.yaml`` (8 envs, n_steps 128, 4
+epochs, batch 256) on the same environment: feed-forward PPO (SB3 ``CnnPolicy``, frame stack 4),
+sb3-contrib's stock ``CnnLstmPolicy``, our same-structure LSTM policy and our RIMs policy. Each
+gets a warm-up iteration, then ``--iterations`` timed ones; the table prints steps/s and ratios.
+
+    python benchmarks/bench_train.py [--env Pong] [--iterations 3] [--output docs/bench_train.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+from rims_rl.agents.train import build_model, parse_schedule, resolve_config
+from rims_rl.envs import make_env
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import PPO
+
+
+def steps_per_second(model, iterations: int) -> float:
+    per_iteration = model.n_steps * model.n_envs
+    model.learn(per_iteration, reset_num_timesteps=True)  # warm-up
+    start = time.perf_counter()
+    model.learn(per_iteration * iterations, reset_num_timesteps=False)
+    return per_iteration * iterations / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="Pong")
+    parser.add_argument("--iterations", type=int, default=3, help="timed PPO iterations per agent")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output", help="also write the Markdown table to this file")
+    args = parser.parse_args()
+
+    config = resolve_config("atari/ppo_rims.yaml", env=args.env, device=args.device)
+    hyper = {key: parse_schedule("ppo", key, value) for key, value in config["ppo"].items()}
+    device = torch.device(args.device)
+    agents = {
+        "PPO CnnPolicy (feed-forward)": lambda env: PPO("CnnPolicy", env, device=device, seed=0, **hyper),
+        "RecurrentPPO CnnLstmPolicy (stock)": lambda env: RecurrentPPO(
+            "CnnLstmPolicy", env, device=device, seed=0, **hyper
+        ),
+        "RimsPPO LstmCnnPolicy (ours, LSTM 600)": lambda env: build_model({**config, "policy": "lstm"}, env, device),
+        "RimsPPO RimsCnnPolicy (ours, 6x100 k4)": lambda env: build_model(config, env, device),
+    }
+    results = {}
+    for name, make in agents.items():
+        env = make_env(config["env"], seed=0)
+        try:
+            results[name] = steps_per_second(make(env), args.iterations)
+        finally:
+            env.close()
+        print(f"{name}: {results[name]:.0f} steps/s", flush=True)
+
+    stock = results["RecurrentPPO CnnLstmPolicy (stock)"]
+    feed_forward = results["PPO CnnPolicy (feed-forward)"]
+    lines = [
+        f"{args.env}, {config['env']['n_envs']} envs ({config['env']['backend']} backend), n_steps "
+        f"{config['ppo']['n_steps']}, {config['ppo']['n_epochs']} epochs, batch {config['ppo']['batch_size']}; "
+        f"torch {torch.__version__} on {args.device} ({platform.machine()}, {torch.get_num_threads()} threads); "
+        f"{args.iterations} timed iterations after one warm-up.",
+        "",
+        "| agent | env steps/s | vs stock CnnLstmPolicy | vs feed-forward PPO |",
+        "|---|---|---|---|",
+    ]
+    for name, rate in results.items():
+        lines.append(f"| {name} | {rate:.0f} | {rate / stock:.2f}x | {rate / feed_forward:.2f}x |")
+    print("\n".join(lines))
+    if args.output:
+        with open(args.output, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
