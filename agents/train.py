@@ -342,6 +342,7 @@ def train(config: dict[str, Any], run_dir: Path | None = None, resume_from: Path
                 log_path=str(run_dir),
                 deterministic=run["eval_deterministic"],
                 verbose=0,
+                warn=False,  # our Atari envs report full-game scores without SB3's Monitor
             )
             earlier = run_dir / "evaluations.npz"
             if resume_from is not None and earlier.exists():
