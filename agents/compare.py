@@ -88,7 +88,7 @@ def compare_runs(paths: list[str | Path], out: str | Path, source: str = "train"
             table = np.stack([np.interp(grid, steps, returns) for steps, returns in curves])
             mean = table.mean(axis=0)
             bounds = np.array([bootstrap_ci(column) for column in table.T])
-            axis.plot(grid, mean, label=f"{label} ({len(curves)} seeds)")
+            axis.plot(grid, mean, label=f"{label} ({len(curves)} seed{'s' if len(curves) != 1 else ''})")
             axis.fill_between(grid, bounds[:, 0], bounds[:, 1], alpha=0.25)
             for step, m, (low, high) in zip(grid, mean, bounds, strict=True):
                 rows.append([env, label, len(curves), int(step), m, low, high])
