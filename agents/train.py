@@ -13,7 +13,6 @@ message and leaves the last good checkpoint in place.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import io
 import random
@@ -302,8 +301,11 @@ class CheckpointAndStop(BaseCallback):
 # ------------------------------------------------------------------------------------- runs
 
 
-def train(config: dict[str, Any], run_dir: Path | None = None, resume_from: Path | None = None) -> dict[str, Any]:
-    """Train as ``config`` says. Returns a summary; raises ``TrainingDiverged`` on NaN."""
+def train(config: dict[str, Any], run_dir: Path | None = None, resume_from: dict | None = None) -> dict[str, Any]:
+    """Train as ``config`` says, from scratch or from a loaded checkpoint (``resume_from``).
+
+    Returns a summary; raises ``TrainingDiverged`` on NaN.
+    """
     run = config["run"]
     device = resolve_device(str(run["device"]))
     run_dir = Path(run_dir or run_dir_for(config))
@@ -317,9 +319,8 @@ def train(config: dict[str, Any], run_dir: Path | None = None, resume_from: Path
     eval_env = None
     try:
         if resume_from is not None:
-            saved = _load_checkpoint(resume_from)
-            model = ALGORITHMS[config["algo"]].load(io.BytesIO(saved["model"]), env=env, device=device)
-            _set_rng_state(saved["rng"])
+            model = ALGORITHMS[config["algo"]].load(io.BytesIO(resume_from["model"]), env=env, device=device)
+            _set_rng_state(resume_from["rng"])
         else:
             model = build_model(config, env, device)
         tracking = start_tracking(config, run_dir) if run["track"] else None
@@ -404,9 +405,8 @@ def resume(run_dir: str | Path, total_steps: int | None = None, overrides: Itera
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
-    checkpoint = run_dir / "checkpoints" / "latest.pt"
-    _load_checkpoint(checkpoint)  # fail before environments start
+    saved = _load_checkpoint(run_dir / "checkpoints" / "latest.pt")  # before any environment starts
     flags = [f"total_steps={total_steps}"] if total_steps is not None else []
     config = load_config(run_dir / "config.yaml", [*flags, *overrides], open_sections=OPEN_SECTIONS)
     check_config(config)
-    return train(copy.deepcopy(config), run_dir=run_dir, resume_from=checkpoint)
+    return train(config, run_dir=run_dir, resume_from=saved)
