@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint bench bench-train copying clean
+.PHONY: install demo test lint bench bench-train copying clean
 
 install: $(STAMP)
 
@@ -30,9 +30,6 @@ demo: install
 	$(BIN)/rims-rl compare runs/demo --out runs/demo/comparison
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow"
-
-test-all: install
 	$(BIN)/python -m pytest -q
 
 lint: install
