@@ -383,7 +383,8 @@ class RIMs(nn.Module):
                 per_head = self.weight_ih.view(units, heads, value_size, -1).permute(1, 2, 0, 3)
                 value_gates = torch.bmm(values.view(-1, heads, value_size).transpose(0, 1), per_head.flatten(2))
                 value_gates = value_gates[:, : steps * batch].view(heads, steps, batch, units, -1).unbind(1)
-            values = values[: steps * batch].view(steps, batch, heads, value_size).unbind(0)
+            else:
+                values = values[: steps * batch].view(steps, batch, heads, value_size).unbind(0)
 
             def read_one(t: int, queries: Tensor):
                 scores = (queries.view(units, batch, heads, key_size) * keys[t]).sum(-1)
