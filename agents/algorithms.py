@@ -11,33 +11,17 @@ from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, Rec
 from stable_baselines3.common.policies import BasePolicy
 
 from rims_rl.policies import (
+    PADDING_START,
     LstmCnnPolicy,
     LstmMultiInputPolicy,
     LstmPolicy,
+    RecurrentCorePolicy,
     RimsCnnPolicy,
     RimsMultiInputPolicy,
     RimsPolicy,
 )
 
 __all__ = ["RecurrentA2C", "RimsPPO"]
-
-
-class RimsPPO(RecurrentPPO):
-    """``RecurrentPPO`` that also knows our policies by name: ``RimsPPO("RimsCnnPolicy", env)``.
-
-    Aliases: ``RimsPolicy``, ``RimsCnnPolicy``, ``RimsMultiInputPolicy`` and the same-structure LSTM
-    baselines ``LstmPolicy``, ``LstmCnnPolicy``, ``LstmMultiInputPolicy``, besides sb3-contrib's own.
-    """
-
-    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
-        **RecurrentPPO.policy_aliases,
-        "RimsPolicy": RimsPolicy,
-        "RimsCnnPolicy": RimsCnnPolicy,
-        "RimsMultiInputPolicy": RimsMultiInputPolicy,
-        "LstmPolicy": LstmPolicy,
-        "LstmCnnPolicy": LstmCnnPolicy,
-        "LstmMultiInputPolicy": LstmMultiInputPolicy,
-    }
 
 
 class _InOrder:
@@ -50,12 +34,76 @@ class _InOrder:
         return super()._get_samples(batch_inds, env_change, env)
 
 
+class _Unpadded:
+    """Minibatches with the real observations only, in order, and padding slots marked by an
+    episode start of ``PADDING_START``: our policies run the features extractor on these alone and
+    place the features in the padded grid (``RecurrentCorePolicy._padded_features``)."""
+
+    def _get_samples(self, batch_inds: np.ndarray, env_change: np.ndarray, env=None):
+        samples = super()._get_samples(batch_inds, env_change, env)
+        return samples._replace(
+            observations=self.to_torch(self.observations[batch_inds]),
+            episode_starts=self.pad_and_flatten(self.episode_starts[batch_inds], padding_value=PADDING_START),
+        )
+
+
+class _UnpaddedBuffer(_Unpadded, RecurrentRolloutBuffer):
+    pass
+
+
 class _InOrderBuffer(_InOrder, RecurrentRolloutBuffer):
+    pass
+
+
+class _InOrderUnpaddedBuffer(_InOrder, _Unpadded, RecurrentRolloutBuffer):
     pass
 
 
 class _InOrderDictBuffer(_InOrder, RecurrentDictRolloutBuffer):
     pass
+
+
+class RimsPPO(RecurrentPPO):
+    """``RecurrentPPO`` that also knows our policies by name: ``RimsPPO("RimsCnnPolicy", env)``.
+
+    Aliases: ``RimsPolicy``, ``RimsCnnPolicy``, ``RimsMultiInputPolicy`` and the same-structure LSTM
+    baselines ``LstmPolicy``, ``LstmCnnPolicy``, ``LstmMultiInputPolicy``, besides sb3-contrib's own.
+    With our policies and array observations, minibatches skip the features extractor on sequence
+    padding (same losses, less work).
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        **RecurrentPPO.policy_aliases,
+        "RimsPolicy": RimsPolicy,
+        "RimsCnnPolicy": RimsCnnPolicy,
+        "RimsMultiInputPolicy": RimsMultiInputPolicy,
+        "LstmPolicy": LstmPolicy,
+        "LstmCnnPolicy": LstmCnnPolicy,
+        "LstmMultiInputPolicy": LstmMultiInputPolicy,
+    }
+    _in_order = False  # serve a full batch in buffer order (A2C)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        old = self.rollout_buffer
+        if isinstance(old, RecurrentDictRolloutBuffer):
+            buffer_class = _InOrderDictBuffer if self._in_order else None
+        elif isinstance(self.policy, RecurrentCorePolicy):
+            buffer_class = _InOrderUnpaddedBuffer if self._in_order else _UnpaddedBuffer
+        else:
+            buffer_class = _InOrderBuffer if self._in_order else None
+        if buffer_class is None:
+            return
+        self.rollout_buffer = buffer_class(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            old.hidden_state_shape,
+            self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+        )
 
 
 class RecurrentA2C(RimsPPO):
@@ -67,6 +115,8 @@ class RecurrentA2C(RimsPPO):
     gradient is A2C's. The policy's dropout must be off (it is in our RL configs): dropout live in the
     update but not in collection breaks that equality.
     """
+
+    _in_order = True
 
     def __init__(
         self,
@@ -106,19 +156,4 @@ class RecurrentA2C(RimsPPO):
             max_grad_norm=max_grad_norm,
             policy_kwargs=policy_kwargs,
             **kwargs,
-        )
-
-    def _setup_model(self) -> None:
-        super()._setup_model()
-        old = self.rollout_buffer
-        buffer_class = _InOrderDictBuffer if isinstance(old, RecurrentDictRolloutBuffer) else _InOrderBuffer
-        self.rollout_buffer = buffer_class(
-            self.n_steps,
-            self.observation_space,
-            self.action_space,
-            old.hidden_state_shape,
-            self.device,
-            gamma=self.gamma,
-            gae_lambda=self.gae_lambda,
-            n_envs=self.n_envs,
         )

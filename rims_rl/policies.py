@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 CRITIC_CORES = ("shared", "separate", "none")
+# Episode-start value that marks a padding slot of a minibatch whose observations come unpadded
+# (see ``RecurrentCorePolicy._padded_features``).
+PADDING_START = -1.0
 # sb3-contrib's LSTM settings that the core replaces; accepting them silently would mislead.
 _CORE_OWNED = ("n_lstm_layers", "shared_lstm", "enable_critic_lstm", "lstm_kwargs")
 
@@ -126,7 +129,10 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         self, obs: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, RNNStates]:
         features = self.extract_features(obs)
-        pi_features, vf_features = (features, features) if self.share_features_extractor else features
+        if not self.share_features_extractor:
+            features = torch.cat(features, dim=-1)
+        features, episode_starts = self._padded_features(features, episode_starts)
+        pi_features, vf_features = (features, features) if self.share_features_extractor else features.chunk(2, dim=-1)
         latent_pi, states_pi = self._process_sequence(pi_features, lstm_states.pi, episode_starts, self.lstm_actor)
         if self.critic_core == "separate":
             latent_vf, states_vf = self._process_sequence(vf_features, lstm_states.vf, episode_starts, self.lstm_critic)
@@ -139,6 +145,27 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
             self.mlp_extractor.forward_critic(latent_vf),
             RNNStates(states_pi, states_vf),
         )
+
+    @staticmethod
+    def _padded_features(features: torch.Tensor, episode_starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lay unpadded features out in the padded (sequence, step) grid of ``episode_starts``.
+
+        sb3-contrib pads every sequence of a minibatch to the longest one and runs the features
+        extractor on the padding too (half again the CNN work on Atari). Our algorithms' buffers
+        send only the real observations and mark padding slots with ``PADDING_START``; features go
+        through the extractor once and land in their slots, the padding gets zeros. With a stock
+        buffer (one observation per slot) this is the identity.
+        """
+        if features.shape[0] == episode_starts.shape[0]:
+            return features, episode_starts
+        real = episode_starts != PADDING_START
+        slots = real.nonzero().squeeze(-1)
+        if slots.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"{features.shape[0]} observations for {slots.shape[0]} non-padding slots of {episode_starts.shape[0]}"
+            )
+        padded = features.new_zeros(episode_starts.shape[0], features.shape[-1]).index_copy(0, slots, features)
+        return padded, episode_starts * real
 
     def forward(
         self, obs: torch.Tensor, lstm_states: RNNStates, episode_starts: torch.Tensor, deterministic: bool = False

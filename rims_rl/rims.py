@@ -53,6 +53,78 @@ def _project(flat: Tensor, weight: Tensor) -> Tensor:
     return (_pad_rows(flat) @ weight)[: flat.shape[0]]
 
 
+class _Stash:
+    """Inputs and output gradients of one weight's per-step products, gathered during one backward."""
+
+    def __init__(self) -> None:
+        self.inputs: list[Tensor] = []
+        self.grads: list[Tensor] = []
+
+
+class _SharedWeight(torch.autograd.Function):
+    """Identity on ``(weight, bias)`` whose backward computes their gradients from every step at once.
+
+    The time loop uses a weight at every step. Plain autograd would form a full-size weight gradient
+    per step from a few batch rows (an outer product: memory-bound) and add it up; instead, each
+    step's product only records its input and output gradient, and this node, which autograd runs
+    after all of them, does one batched matmul over all steps.
+    """
+
+    @staticmethod
+    def forward(ctx, stash: _Stash, weight: Tensor, bias: Tensor):
+        ctx.stash = stash
+        return weight.view_as(weight), bias.view_as(bias)
+
+    @staticmethod
+    def backward(ctx, grad_weight: Tensor, grad_bias: Tensor):
+        stash = ctx.stash
+        if stash.inputs:
+            inputs, grads = torch.cat(stash.inputs, dim=1), torch.cat(stash.grads, dim=1)
+            stash.inputs, stash.grads = [], []
+            grad_weight = torch.baddbmm(grad_weight, inputs.transpose(1, 2), grads)
+            grad_bias = grad_bias + grads.sum(1, keepdim=True)
+        return None, grad_weight, grad_bias
+
+
+class _StepProduct(torch.autograd.Function):
+    """``bias + x @ weight`` for one step, leaving the weight and bias gradients to :class:`_SharedWeight`."""
+
+    @staticmethod
+    def forward(ctx, stash: _Stash, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.stash = stash
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(bias, x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        ctx.stash.inputs.append(x)
+        ctx.stash.grads.append(grad)
+        grad_x = torch.bmm(grad, weight.transpose(1, 2)) if ctx.needs_input_grad[1] else None
+        return None, grad_x, None, None
+
+
+class _Product:
+    """Per-step ``bias + x @ weight`` with unit-major ``x (K, B, in)``, ``weight (K, in, out)``,
+    ``bias (K, 1, out)``. Under autograd the weight and bias gradients are computed once per call
+    (see :class:`_SharedWeight`); the values are those of ``torch.baddbmm``.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        if bias is None:
+            bias = weight.new_zeros(weight.shape[0], 1, weight.shape[-1])
+        self.stash = None
+        if torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad):
+            self.stash = _Stash()
+            weight, bias = _SharedWeight.apply(self.stash, weight, bias)
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.stash is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return _StepProduct.apply(self.stash, x, self.weight, self.bias)
+
+
 def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return F.dropout(x, p, True) if training and p > 0 else x
 
@@ -294,7 +366,11 @@ class RIMs(nn.Module):
         # Unit-major layout (K, B, unit_size) so every per-unit projection is one bmm.
         h = state[0].reshape(batch, units, size).transpose(0, 1)
         c = state[1].reshape(batch, units, size).transpose(0, 1)
-        keep = None if episode_starts is None else (1.0 - episode_starts.to(x.dtype)).unsqueeze(-1).unbind(0)
+        keep, reset_steps = None, ()
+        if episode_starts is not None:
+            keep = (1.0 - episode_starts.to(x.dtype)).unsqueeze(-1).unbind(0)
+            # Multiplying by a mask of ones would only cost time (in training, resets fall on step 0).
+            reset_steps = set(episode_starts.ne(0).any(1).nonzero().flatten().tolist())
 
         read_input = self._input_reader(x, record)
         gates = self.weight_hh.shape[-1]
@@ -305,14 +381,14 @@ class RIMs(nn.Module):
             hidden_weight = torch.cat([self.weight_hh, self.input_query], dim=-1)
             query_bias = hidden_bias.new_zeros(units, self.input_query.shape[-1])
             hidden_bias = torch.cat([hidden_bias, query_bias], dim=-1)
-        hidden_bias = hidden_bias.unsqueeze(1)
+        project_hidden = _Product(hidden_weight, hidden_bias.unsqueeze(1))
         communicate = self._communicator() if self.communication else None
 
         outputs, actives, attentions = [], [], []
         for t in range(steps):
-            if keep is not None:
+            if t in reset_steps:
                 h, c = h * keep[t], c * keep[t]
-            projected = torch.baddbmm(hidden_bias, h, hidden_weight)
+            projected = project_hidden(h)
             input_gates, p_null, attention = read_input(t, projected[..., gates:])
             active = self._select(p_null)
             h_cell, c_cell = self._cell_step(input_gates, projected[..., :gates], h, c)
@@ -440,22 +516,26 @@ class RIMs(nn.Module):
     def _communicator(self):
         """Per-step function of h (K, B, unit_size) -> residual: each unit attends over all units."""
         heads, key_size, value_size = self.comm_heads, self.comm_key_size, self.comm_value_size
-        split, scale = heads * key_size, 1.0 / math.sqrt(key_size)
+        split = heads * key_size
         splits = [split, split, heads * value_size]
-        output_bias = self.comm_output_bias.unsqueeze(1)
+        # The 1/sqrt(key size) of the scores, folded into the query columns once per call.
+        scale = torch.ones(self.comm_qkv.shape[-1], dtype=self.comm_qkv.dtype, device=self.comm_qkv.device)
+        scale[:split] = 1.0 / math.sqrt(key_size)
+        project_qkv = _Product(self.comm_qkv * scale)
+        project_output = _Product(self.comm_output, self.comm_output_bias.unsqueeze(1))
 
         def communicate(h: Tensor) -> Tensor:
             units, batch = h.shape[:2]
-            queries, keys, values = torch.bmm(h, self.comm_qkv).split(splits, dim=-1)
+            queries, keys, values = project_qkv(h).split(splits, dim=-1)
             # Broadcast products instead of batched matmuls: the unit-major layout needs no copies,
             # and with few units they are as cheap as the matmuls.
             queries = queries.view(units, 1, batch, heads, key_size)
             keys = keys.view(1, units, batch, heads, key_size)
             values = values.view(1, units, batch, heads, value_size)
-            scores = (queries * keys).sum(-1, keepdim=True) * scale
+            scores = (queries * keys).sum(-1, keepdim=True)
             attention = _dropout(torch.softmax(scores, dim=1), self.comm_dropout, self.training)
             read = (attention * values).sum(1).reshape(units, batch, heads * value_size)
-            update, gate = torch.baddbmm(output_bias, read, self.comm_output).chunk(2, dim=-1)
+            update, gate = project_output(read).chunk(2, dim=-1)
             return torch.sigmoid(gate) * torch.tanh(update)
 
         return communicate

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
+from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from stable_baselines3.common.env_util import make_vec_env
 
 from rims_rl.cores import LSTMCore
@@ -111,6 +112,42 @@ def test_training_path_reproduces_collection(policy, critic_core):
         mask = batch.mask > 0
         torch.testing.assert_close(log_prob[mask], batch.old_log_prob[mask], rtol=0, atol=1e-5)
         torch.testing.assert_close(values.flatten()[mask], batch.old_values[mask], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("critic_core", ["shared", "separate"])
+def test_unpadded_minibatches_match_padded_ones(critic_core):
+    """Our buffer sends only the real observations (the features extractor skips the sequence
+    padding); outputs at real slots and every gradient equal those of sb3-contrib's padded batch."""
+    model = ppo("rims", critic_core, n_steps=64, batch_size=64)
+    collect(model)
+    buffer = model.rollout_buffer
+    stock = RecurrentRolloutBuffer.__new__(RecurrentRolloutBuffer)
+    stock.__dict__ = buffer.__dict__  # same data, sb3-contrib's sampling
+    next(buffer.get(64))  # flattens the buffer in place
+    env_change = np.zeros((buffer.buffer_size, buffer.n_envs))
+    env_change[0] = 1.0
+    env_change = buffer.swap_and_flatten(env_change)
+    checked = 0
+    for batch_inds in np.array_split(np.arange(buffer.buffer_size * buffer.n_envs), 3):
+        ours = buffer._get_samples(batch_inds, env_change)
+        theirs = RecurrentRolloutBuffer._get_samples(stock, batch_inds, env_change)
+        assert ours.observations.shape[0] == len(batch_inds) < theirs.observations.shape[0]
+        results = []
+        for batch in (ours, theirs):
+            model.policy.zero_grad()
+            values, log_prob, entropy = model.policy.evaluate_actions(
+                batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
+            )
+            mask = batch.mask > 0
+            (log_prob[mask].sum() + values.flatten()[mask].sum() + entropy[mask].sum()).backward()
+            grads = [p.grad.clone() for p in model.policy.parameters() if p.grad is not None]
+            results.append((values.flatten()[mask], log_prob[mask], grads))
+        torch.testing.assert_close(results[0][:2], results[1][:2], rtol=0, atol=1e-6)
+        assert len(results[0][2]) == len(results[1][2]) > 0
+        for mine, reference in zip(results[0][2], results[1][2], strict=True):
+            torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-6)
+        checked += 1
+    assert checked == 3
 
 
 @pytest.mark.parametrize("policy", ["rims", "lstm"])
