@@ -2,8 +2,9 @@
 
 Four agents with the PPO settings of ``configs/atari/ppo_rims.yaml`` (8 envs, n_steps 128, 4
 epochs, batch 256) on the same environment: feed-forward PPO (SB3 ``CnnPolicy``, frame stack 4),
-sb3-contrib's stock ``CnnLstmPolicy``, our same-structure LSTM policy and our RIMs policy. Each
-gets a warm-up iteration, then ``--iterations`` timed ones; the table prints steps/s and ratios.
+sb3-contrib's stock ``CnnLstmPolicy``, our same-structure LSTM policy and our RIMs policy. After a
+warm-up iteration each, the agents take turns for ``--iterations`` rounds; the table prints each
+agent's steps/s (from its median iteration) and the ratios.
 
     python benchmarks/bench_train.py [--env Pong] [--iterations 3] [--output docs/bench_train.md]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 
 import torch
@@ -21,18 +23,17 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 
 
-def steps_per_second(model, iterations: int) -> float:
-    per_iteration = model.n_steps * model.n_envs
-    model.learn(per_iteration, reset_num_timesteps=True)  # warm-up
+def one_iteration(model) -> float:
+    """Seconds for one PPO iteration (collect n_steps x n_envs, then update)."""
     start = time.perf_counter()
-    model.learn(per_iteration * iterations, reset_num_timesteps=False)
-    return per_iteration * iterations / (time.perf_counter() - start)
+    model.learn(model.n_steps * model.n_envs, reset_num_timesteps=False)
+    return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Pong")
-    parser.add_argument("--iterations", type=int, default=3, help="timed PPO iterations per agent")
+    parser.add_argument("--iterations", type=int, default=5, help="timed PPO iterations per agent")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", help="also write the Markdown table to this file")
     args = parser.parse_args()
@@ -48,14 +49,25 @@ def main() -> None:
         "RimsPPO LstmCnnPolicy (ours, LSTM 600)": lambda env: build_model({**config, "policy": "lstm"}, env, device),
         "RimsPPO RimsCnnPolicy (ours, 6x100 k4)": lambda env: build_model(config, env, device),
     }
-    results = {}
-    for name, make in agents.items():
-        env = make_env(config["env"], seed=0)
-        try:
-            results[name] = steps_per_second(make(env), args.iterations)
-        finally:
+    # All agents live side by side and take turns, one iteration each per round, so drifts in the
+    # machine's speed hit them alike; each agent's rate comes from its median iteration.
+    envs = {name: make_env(config["env"], seed=0) for name in agents}
+    try:
+        models = {name: make(envs[name]) for name, make in agents.items()}
+        for model in models.values():
+            one_iteration(model)  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in agents}
+        for round_ in range(args.iterations):
+            for name, model in models.items():
+                times[name].append(one_iteration(model))
+            print(f"round {round_ + 1}/{args.iterations} done", flush=True)
+    finally:
+        for env in envs.values():
             env.close()
-        print(f"{name}: {results[name]:.0f} steps/s", flush=True)
+    results = {
+        name: models[name].n_steps * models[name].n_envs / statistics.median(seconds)
+        for name, seconds in times.items()
+    }
 
     stock = results["RecurrentPPO CnnLstmPolicy (stock)"]
     feed_forward = results["PPO CnnPolicy (feed-forward)"]
@@ -63,7 +75,7 @@ def main() -> None:
         f"{args.env}, {config['env']['n_envs']} envs ({config['env']['backend']} backend), n_steps "
         f"{config['ppo']['n_steps']}, {config['ppo']['n_epochs']} epochs, batch {config['ppo']['batch_size']}; "
         f"torch {torch.__version__} on {args.device} ({platform.machine()}, {torch.get_num_threads()} threads); "
-        f"{args.iterations} timed iterations after one warm-up.",
+        f"median of {args.iterations} timed iterations per agent, agents taking turns, after one warm-up.",
         "",
         "| agent | env steps/s | vs stock CnnLstmPolicy | vs feed-forward PPO |",
         "|---|---|---|---|",

@@ -40,6 +40,10 @@ _MIN_ROWS = 16
 # Largest batch for which the one-row input path precomputes the cells' input projections.
 _PRECOMPUTE_MAX_BATCH = 16
 
+# Largest batch for which weight gradients are deferred to one matmul per call (see _SharedWeight);
+# with more rows, each step's weight gradient is an efficient matmul of its own.
+_DEFER_MAX_BATCH = 16
+
 
 def _pad_rows(flat: Tensor) -> Tensor:
     """Zero-pad a (rows, features) matrix to at least ``_MIN_ROWS`` rows."""
@@ -106,15 +110,15 @@ class _StepProduct(torch.autograd.Function):
 
 class _Product:
     """Per-step ``bias + x @ weight`` with unit-major ``x (K, B, in)``, ``weight (K, in, out)``,
-    ``bias (K, 1, out)``. Under autograd the weight and bias gradients are computed once per call
-    (see :class:`_SharedWeight`); the values are those of ``torch.baddbmm``.
+    ``bias (K, 1, out)``. With ``defer`` and under autograd, the weight and bias gradients are
+    computed once per call (see :class:`_SharedWeight`); the values are those of ``torch.baddbmm``.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, defer: bool = True) -> None:
         if bias is None:
             bias = weight.new_zeros(weight.shape[0], 1, weight.shape[-1])
         self.stash = None
-        if torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad):
+        if defer and torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad):
             self.stash = _Stash()
             weight, bias = _SharedWeight.apply(self.stash, weight, bias)
         self.weight, self.bias = weight, bias
@@ -381,8 +385,9 @@ class RIMs(nn.Module):
             hidden_weight = torch.cat([self.weight_hh, self.input_query], dim=-1)
             query_bias = hidden_bias.new_zeros(units, self.input_query.shape[-1])
             hidden_bias = torch.cat([hidden_bias, query_bias], dim=-1)
-        project_hidden = _Product(hidden_weight, hidden_bias.unsqueeze(1))
-        communicate = self._communicator() if self.communication else None
+        defer = batch <= _DEFER_MAX_BATCH
+        project_hidden = _Product(hidden_weight, hidden_bias.unsqueeze(1), defer)
+        communicate = self._communicator(defer) if self.communication else None
 
         outputs, actives, attentions = [], [], []
         for t in range(steps):
@@ -513,7 +518,7 @@ class RIMs(nn.Module):
         n = torch.tanh(i_n + r * h_n)
         return n + z * (h - n), c
 
-    def _communicator(self):
+    def _communicator(self, defer: bool):
         """Per-step function of h (K, B, unit_size) -> residual: each unit attends over all units."""
         heads, key_size, value_size = self.comm_heads, self.comm_key_size, self.comm_value_size
         split = heads * key_size
@@ -521,8 +526,8 @@ class RIMs(nn.Module):
         # The 1/sqrt(key size) of the scores, folded into the query columns once per call.
         scale = torch.ones(self.comm_qkv.shape[-1], dtype=self.comm_qkv.dtype, device=self.comm_qkv.device)
         scale[:split] = 1.0 / math.sqrt(key_size)
-        project_qkv = _Product(self.comm_qkv * scale)
-        project_output = _Product(self.comm_output, self.comm_output_bias.unsqueeze(1))
+        project_qkv = _Product(self.comm_qkv * scale, defer=defer)
+        project_output = _Product(self.comm_output, self.comm_output_bias.unsqueeze(1), defer)
 
         def communicate(h: Tensor) -> Tensor:
             units, batch = h.shape[:2]
