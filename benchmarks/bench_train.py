@@ -65,8 +65,7 @@ def main() -> None:
         for env in envs.values():
             env.close()
     results = {
-        name: models[name].n_steps * models[name].n_envs / statistics.median(seconds)
-        for name, seconds in times.items()
+        name: models[name].n_steps * models[name].n_envs / statistics.median(seconds) for name, seconds in times.items()
     }
 
     stock = results["RecurrentPPO CnnLstmPolicy (stock)"]
