@@ -15,7 +15,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from rims_rl.config import ConfigError, load_config
 
-__all__ = ["bootstrap_ci", "evaluate_run", "find_model", "record_gif"]
+__all__ = ["bootstrap_ci", "evaluate_run", "find_model", "load_run", "record_gif", "with_distractors"]
 
 
 def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple:
@@ -58,15 +58,43 @@ def _load(model_path: Path, algo: str, env, device: str):
         raise ConfigError(f"cannot load {model_path}: {error}") from None
 
 
-def evaluate_run(
-    target: str | Path, episodes: int = 10, deterministic: bool = False, video: bool = False, seed: int = 12_345
-) -> dict[str, Any]:
-    """Mean return and its 95% bootstrap CI over ``episodes`` full episodes; optional GIF of one."""
-    if episodes < 1:
-        raise ConfigError(f"--episodes must be positive, got {episodes}")
+def with_distractors(config: dict[str, Any], distractors: str) -> dict[str, Any]:
+    """``config`` with its MiniGrid pickup task switched to the ``known`` or ``novel`` distractor split."""
+    if distractors not in ("known", "novel"):
+        raise ConfigError(f"--distractors must be known or novel, got {distractors!r}")
+    env_id = str(config["env"]["id"])
+    if not env_id.startswith("RimsRL/Pickup"):
+        raise ConfigError(f"--distractors needs a run on RimsRL/Pickup-*, this one is on {env_id}")
+    env = {**config["env"], "id": "RimsRL/Pickup-v0", "split": distractors}
+    return {**config, "env": env}
+
+
+def load_run(target: str | Path) -> tuple[Path, Path, dict[str, Any]]:
+    """``(model file, run folder, checked config)`` of a run folder or a model file inside one."""
     model_path, run_dir = find_model(target)
     config = load_config(run_dir / "config.yaml", open_sections=OPEN_SECTIONS)
     check_config(config)
+    return model_path, run_dir, config
+
+
+def evaluate_run(
+    target: str | Path,
+    episodes: int = 10,
+    deterministic: bool = False,
+    video: bool = False,
+    seed: int = 12_345,
+    distractors: str | None = None,
+) -> dict[str, Any]:
+    """Mean return and its 95% bootstrap CI over ``episodes`` full episodes; optional GIF of one.
+
+    MiniGrid runs also get the success rate (a MiniGrid reward is positive only on success) with
+    its CI; ``distractors`` (``known`` / ``novel``) evaluates a pickup run on that split.
+    """
+    if episodes < 1:
+        raise ConfigError(f"--episodes must be positive, got {episodes}")
+    model_path, run_dir, config = load_run(target)
+    if distractors is not None:
+        config = with_distractors(config, distractors)
     env = make_env(config["env"], seed=seed, evaluation=True, n_envs=min(episodes, 8))
     try:
         model = _load(model_path, config["algo"], env, str(config["run"]["device"]))
@@ -88,6 +116,12 @@ def evaluate_run(
         "mean_length": float(np.mean(lengths)),
         "returns": returns.tolist(),
     }
+    if distractors is not None:
+        result["distractors"] = distractors
+    if env_kind(config["env"]["id"]) == "minigrid":
+        success = (returns > 0).astype(np.float64)
+        result["success_rate"] = float(success.mean())
+        result["success_ci95"] = list(bootstrap_ci(success))
     if video:
         try:
             result["video"] = str(record_gif(model, config, run_dir / "videos" / "episode.gif", deterministic, seed))

@@ -26,12 +26,13 @@ import torch
 import yaml
 from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
 from rims_rl.agents.tracking import start_tracking
-from rims_rl.envs import ATARI_ENV_KEYS, env_kind, env_name, make_env
+from rims_rl.envs import check_env_settings, env_name, make_env
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
 
 from rims_rl.config import ConfigError, load_config
+from rims_rl.extractors import MiniGridExtractor
 from rims_rl.policies import LstmPolicy, RimsPolicy
 from rims_rl.rims import RIMs
 from rims_rl.utils import atomic_save, resolve_device
@@ -40,7 +41,12 @@ __all__ = ["TrainingDiverged", "build_model", "parse_schedule", "resolve_config"
 
 ALGORITHMS = {"ppo": RimsPPO, "a2c": RecurrentA2C}
 POLICIES = {"rims": RimsPolicy, "lstm": LstmPolicy}
-EXTRACTORS = {"nature_cnn": NatureCNN, "flatten": FlattenExtractor, "combined": CombinedExtractor}
+EXTRACTORS = {
+    "nature_cnn": NatureCNN,
+    "flatten": FlattenExtractor,
+    "combined": CombinedExtractor,
+    "minigrid": MiniGridExtractor,
+}
 TOP_KEYS = {"env", "algo", "total_steps", "ppo", "a2c", "policy", "policy_kwargs", "rims", "lstm", "run"}
 RUN_KEYS = {
     "seed",
@@ -141,12 +147,9 @@ def check_config(config: dict[str, Any]) -> None:
     if not isinstance(env, dict) or "id" not in env or "n_envs" not in env:
         raise ConfigError("config section 'env' must set id and n_envs")
     try:
-        kind = env_kind(str(env["id"]))
+        check_env_settings(env)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    extra = set(env) - {"id", "n_envs"} - (set(ATARI_ENV_KEYS) if kind == "atari" else set())
-    if extra:
-        raise ConfigError(f"unknown config keys env.{', env.'.join(sorted(extra))} for a {kind} environment")
     if isinstance(env["n_envs"], bool) or not isinstance(env["n_envs"], int) or env["n_envs"] < 1:
         raise ConfigError(f"env.n_envs must be a positive integer, got {env['n_envs']!r}")
 

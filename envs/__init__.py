@@ -9,7 +9,7 @@ import gymnasium as gym
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
 
-__all__ = ["ATARI_ENV_KEYS", "env_kind", "env_name", "make_env"]
+__all__ = ["ATARI_ENV_KEYS", "check_env_settings", "env_kind", "env_name", "env_setting_keys", "make_env"]
 
 # The env config keys of each kind besides `id` and `n_envs`.
 ATARI_ENV_KEYS = (
@@ -24,13 +24,24 @@ ATARI_ENV_KEYS = (
 )
 
 
+# MiniGrid / BabyAI ids, ours included (see rims_rl.envs.minigrid).
+MINIGRID_PREFIXES = ("RimsRL/Pickup", "MiniGrid-", "BabyAI-")
+MINIGRID_ENV_KEYS = ("mission_length",)
+
+
 def env_kind(env_id: str) -> str:
-    """``"gym"`` for an id registered with gymnasium, ``"atari"`` for an ALE game name in any form.
+    """``"minigrid"`` for MiniGrid / BabyAI ids (ours included), ``"gym"`` for any other id registered
+    with gymnasium, ``"atari"`` for an ALE game name in any form.
 
     Raises ``ValueError`` with the closest known ids for anything else.
     """
     from rims_rl.envs.atari import atari_game
 
+    if env_id.startswith(MINIGRID_PREFIXES):
+        import rims_rl.envs.minigrid  # noqa: F401  (registers MiniGrid's ids and ours)
+
+        if env_id in gym.registry:
+            return "minigrid"
     if env_id in gym.registry and not env_id.startswith("ALE/"):
         return "gym"
     try:
@@ -44,10 +55,43 @@ def env_kind(env_id: str) -> str:
 
 
 def env_name(env_id: str) -> str:
-    """A short name for run folders: "Pong" for any form of an Atari game, the id otherwise."""
+    """A short name for run folders: "Pong" for any form of an Atari game, the id (``/`` as ``-``) otherwise."""
     from rims_rl.envs.atari import atari_game
 
-    return atari_game(env_id)[0] if env_kind(env_id) == "atari" else env_id
+    return atari_game(env_id)[0] if env_kind(env_id) == "atari" else env_id.replace("/", "-")
+
+
+def env_setting_keys(env_id: str) -> tuple[str, ...]:
+    """The keys an ``env:`` config section may hold for this environment besides ``id`` and ``n_envs``."""
+    kind = env_kind(env_id)
+    if kind == "atari":
+        return ATARI_ENV_KEYS
+    if kind == "minigrid":
+        from rims_rl.envs.minigrid import PICKUP_KEYS
+
+        return MINIGRID_ENV_KEYS + (PICKUP_KEYS if env_id.startswith("RimsRL/Pickup") else ())
+    return ()
+
+
+def check_env_settings(config: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for an ``env:`` section that cannot build its environment (before building it)."""
+    allowed = env_setting_keys(config["id"])
+    extra = sorted(set(config) - {"id", "n_envs", "render_mode", *allowed})
+    if extra:
+        kind = env_kind(config["id"])
+        hint = ""
+        if kind == "minigrid" and set(extra) & {"split", "targets", "pools", "splits"}:
+            hint = " (those settings belong to RimsRL/Pickup ids; standard ones: configs/minigrid/babyai.yaml)"
+        raise ValueError(f"unknown config keys env.{', env.'.join(extra)} for a {kind} environment{hint}")
+    if env_kind(config["id"]) == "minigrid" and "mission_length" not in config:
+        raise ValueError("a MiniGrid environment needs env.mission_length (words of the mission the agent reads)")
+    if config["id"].startswith("RimsRL/Pickup"):
+        from rims_rl.envs.minigrid import PICKUP_KEYS, check_pickup_settings
+
+        settings = {key: config[key] for key in PICKUP_KEYS if key in config}
+        if config["id"] != "RimsRL/Pickup-v0" and "split" in settings:
+            raise ValueError(f"{config['id']} fixes its split; use RimsRL/Pickup-v0 with env.split instead")
+        check_pickup_settings(settings)
 
 
 def make_env(config: dict[str, Any], seed: int, evaluation: bool = False, n_envs: int | None = None) -> VecEnv:
@@ -63,7 +107,20 @@ def make_env(config: dict[str, Any], seed: int, evaluation: bool = False, n_envs
         if evaluation:
             settings.update(clip_rewards=False, episodic_life=False)
         return make_atari_env(config["id"], n_envs, seed, **settings)
+    check_env_settings(config)
     render_mode = settings.pop("render_mode", None)
+    if env_kind(config["id"]) == "minigrid":
+        from rims_rl.envs.minigrid import MissionIds
+
+        mission_length = settings.pop("mission_length")
+        return make_vec_env(
+            config["id"],
+            n_envs=n_envs,
+            seed=seed,
+            env_kwargs={"render_mode": render_mode, **settings},
+            wrapper_class=MissionIds,
+            wrapper_kwargs={"mission_length": mission_length},
+        )
     if settings:
         raise ValueError(f"env settings {', '.join(sorted(settings))} apply to Atari games only")
     return make_vec_env(config["id"], n_envs=n_envs, seed=seed, env_kwargs={"render_mode": render_mode})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rims_rl.config import ConfigError, load_config
 
@@ -68,14 +69,55 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from rims_rl.agents.evaluate import evaluate_run
 
-    result = evaluate_run(args.run, episodes=args.episodes, deterministic=args.deterministic, video=args.video)
+    result = evaluate_run(
+        args.run,
+        episodes=args.episodes,
+        deterministic=args.deterministic,
+        video=args.video,
+        distractors=args.distractors,
+    )
     low, high = result["ci95"]
+    where = result["env"] + (f" ({result['distractors']} distractors)" if "distractors" in result else "")
     print(
-        f"{result['env']}: mean return {result['mean_return']:.2f} (95% CI {low:.2f} to {high:.2f}) "
+        f"{where}: mean return {result['mean_return']:.2f} (95% CI {low:.2f} to {high:.2f}) "
         f"over {result['episodes']} episodes, mean length {result['mean_length']:.0f}"
     )
+    if "success_rate" in result:
+        low, high = result["success_ci95"]
+        print(f"success rate {result['success_rate']:.3f} (95% CI {low:.3f} to {high:.3f})")
     if "video" in result:
         print(f"video: {result['video']}")
+    return 0
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    from rims_rl.agents.visualize import visualize_run
+
+    result = visualize_run(
+        args.run, out=args.out, distractors=args.distractors, deterministic=args.deterministic, seed=args.seed
+    )
+    print(f"{result['steps']} steps, return {result['return']:.2f}; frames: {result['gif']}")
+    if "png" in result:
+        print(f"active units per step: {result['png']} (mean {result['active_per_step']:.2f} active)")
+    else:
+        print("the core is not RIMs: frames only")
+    return 0
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from rims_rl.agents.distractors import run_distractors
+
+    result = run_distractors(
+        args.config,
+        seeds=args.seeds,
+        policies=args.policies,
+        total_steps=args.total_steps,
+        episodes=args.episodes,
+        out=args.out,
+        overrides=args.set,
+    )
+    print(Path(result["md"]).read_text(), end="")
+    print(f"table: {result['md']}; rows: {result['csv']}")
     return 0
 
 
@@ -150,7 +192,49 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=10, help="episodes to play (default: %(default)s)")
     evaluate.add_argument("--deterministic", action="store_true", help="take the most likely action")
     evaluate.add_argument("--video", action="store_true", help="also save one episode as RUN/videos/episode.gif")
+    evaluate.add_argument(
+        "--distractors",
+        choices=["known", "novel"],
+        help="RimsRL/Pickup runs: evaluate with the known (training pool) or novel distractors",
+    )
     evaluate.set_defaults(handler=_evaluate)
+
+    visualize = commands.add_parser(
+        "visualize",
+        help="one episode as a GIF, with the RIMs units active at each step (and a PNG of the pattern)",
+        description="Play one episode; save RUN/visualize/episode.gif and, for a RIMs core, activations.png.",
+    )
+    visualize.add_argument("run", metavar="RUN_OR_MODEL", help="a run folder, or a model.zip / checkpoint inside one")
+    visualize.add_argument("--out", help="output folder (default: RUN/visualize)")
+    visualize.add_argument("--distractors", choices=["known", "novel"], help="RimsRL/Pickup runs: distractor split")
+    visualize.add_argument("--deterministic", action="store_true", help="take the most likely action")
+    visualize.add_argument("--seed", type=int, default=12_345, help="episode seed (default: %(default)s)")
+    visualize.set_defaults(handler=_visualize)
+
+    experiment = commands.add_parser(
+        "experiment-distractors",
+        help="RIMs vs LSTM on MiniGrid pickup: train seeds, evaluate known and novel distractors, table + plot",
+        description="Train each policy and seed on the train split, evaluate on known and novel distractors; "
+        "write results.csv, results.md and results.png. Finished runs are reused, unfinished ones resumed.",
+    )
+    experiment.add_argument(
+        "--config", default="minigrid/pickup.yaml", help="YAML config, file or packaged (default: %(default)s)"
+    )
+    experiment.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    experiment.add_argument(
+        "--policies", nargs="+", choices=["rims", "lstm"], default=["rims", "lstm"], help="cores (default: both)"
+    )
+    experiment.add_argument("--total-steps", type=int, help="training steps per run (default: the config's)")
+    experiment.add_argument(
+        "--episodes", type=int, default=200, help="evaluation episodes per run and split (default: %(default)s)"
+    )
+    experiment.add_argument(
+        "--out", default="runs/experiments/distractors", help="output folder (default: %(default)s)"
+    )
+    experiment.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
+    experiment.set_defaults(handler=_experiment)
 
     compare = commands.add_parser(
         "compare",

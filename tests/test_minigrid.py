@@ -1,0 +1,230 @@
+"""MiniGrid object picking with distractors: the environment, its splits, and the commands around it."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from rims_rl.envs import make_env
+from rims_rl.envs.minigrid import (
+    VOCABULARY,
+    MissionIds,
+    encode_mission,
+    make_pickup_env,
+    pickup_defaults,
+)
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from rims_rl.extractors import MiniGridExtractor
+from tests.helpers import assert_one_line_error, cli
+
+POOLS = pickup_defaults()["pools"]
+NOVEL_ONLY = {tuple(p) for p in POOLS["B"]} - {tuple(p) for p in POOLS["A"]}
+TRAINING_PAIRS = {tuple(p) for p in POOLS["A"]} | {tuple(t) for t in pickup_defaults()["targets"]}
+
+
+def objects_on_grid(env) -> list[tuple[str, str]]:
+    return [(cell.type, cell.color) for cell in env.unwrapped.grid.grid if cell is not None and cell.type != "wall"]
+
+
+def test_environment_checkers_pass():
+    raw = make_pickup_env("novel")
+    gym_check_env(raw, skip_render_check=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SB3's checker warns about anything it would mishandle
+        sb3_check_env(MissionIds(make_pickup_env("train"), mission_length=8))
+        sb3_check_env(MissionIds(gym.make("BabyAI-PickupDist-v0").unwrapped, mission_length=8))
+
+
+def test_no_novel_pair_ever_appears_in_a_training_episode():
+    env = make_pickup_env("train")
+    counts = set()
+    for seed in range(400):
+        env.reset(seed=seed)
+        placed = objects_on_grid(env)
+        assert not set(placed) & NOVEL_ONLY, (seed, placed)
+        assert set(placed) <= TRAINING_PAIRS
+        counts.add(len(placed) - 1)
+    assert counts == {1, 2}  # the configured count range, both ends drawn
+
+
+def test_novel_split_adds_novel_distractors_to_known_ones():
+    env = make_pickup_env("novel")
+    for seed in range(200):
+        env.reset(seed=seed)
+        distractors = env.unwrapped.distractors
+        novel = [pair for pair in distractors if pair in NOVEL_ONLY]
+        assert 2 <= len(novel) <= 3 and 1 <= len(distractors) - len(novel) <= 2
+        assert env.unwrapped.target not in distractors
+        assert sorted(objects_on_grid(env)) == sorted([env.unwrapped.target, *distractors])
+
+
+def test_mission_names_the_placed_target():
+    env = MissionIds(make_pickup_env("known"), mission_length=8)
+    for seed in range(100):
+        obs, _ = env.reset(seed=seed)
+        kind, colour = env.unwrapped.target
+        assert env.unwrapped.mission == f"pick up the {colour} {kind}"
+        assert objects_on_grid(env).count((kind, colour)) == 1
+        assert obs["mission"].tolist()[:5] == [VOCABULARY.index(w) for w in ("pick", "up", "the", colour, kind)]
+
+
+def _face(env, pair) -> None:
+    """Teleport the agent next to the object ``pair``, facing it."""
+    base = env.unwrapped
+    for index, cell in enumerate(base.grid.grid):
+        if cell is not None and (cell.type, cell.color) == pair:
+            x, y = index % base.width, index // base.width
+            break
+    for direction, (dx, dy) in enumerate([(1, 0), (0, 1), (-1, 0), (0, -1)]):
+        spot = (x - dx, y - dy)
+        if base.grid.get(*spot) is None and 0 < spot[0] < base.width - 1 and 0 < spot[1] < base.height - 1:
+            base.agent_pos, base.agent_dir = np.array(spot), direction
+            return
+    raise AssertionError("no free cell beside the object")
+
+
+@pytest.mark.parametrize("turns", [0, 5])
+def test_reward_formula_and_wrong_pickup(turns):
+    env = make_pickup_env("train")
+    for seed in range(20):
+        env.reset(seed=seed)
+        for _ in range(turns):
+            env.step(env.unwrapped.actions.left)
+        _face(env, env.unwrapped.target)
+        _, reward, terminated, truncated, _ = env.step(env.unwrapped.actions.pickup)
+        assert terminated and not truncated
+        assert reward == pytest.approx(1 - 0.9 * (turns + 1) / env.unwrapped.max_steps)
+
+        env.reset(seed=seed)
+        _face(env, env.unwrapped.distractors[0])
+        _, reward, terminated, _, _ = env.step(env.unwrapped.actions.pickup)
+        assert terminated and reward == 0
+
+
+def test_wrong_pickup_can_continue_and_time_runs_out():
+    env = make_pickup_env("train", end_on_wrong_pickup=False, max_steps=10)
+    assert env.action_space.n == 5  # drop is needed to go on
+    env.reset(seed=3)
+    _face(env, env.unwrapped.distractors[0])
+    _, reward, terminated, _, _ = env.step(env.unwrapped.actions.pickup)
+    assert not terminated and reward == 0 and env.unwrapped.carrying is not None
+    for _ in range(8):
+        _, _, _, truncated, _ = env.step(env.unwrapped.actions.left)
+        assert not truncated
+    _, reward, terminated, truncated, _ = env.step(env.unwrapped.actions.left)
+    assert truncated and not terminated and reward == 0
+
+
+def test_seeded_resets_and_episodes_are_deterministic():
+    def trajectory(seed):
+        env = make_env({**pickup_defaults(), "n_envs": 2}, seed=seed)
+        observations = [env.reset()]
+        actions = np.random.default_rng(0).integers(0, 4, size=(60, 2))
+        for action in actions:
+            observations.append(env.step(action)[0])
+        env.close()
+        return np.concatenate([np.concatenate([o["image"], o["mission"]], axis=1) for o in observations])
+
+    np.testing.assert_array_equal(trajectory(7), trajectory(7))
+    assert not np.array_equal(trajectory(7), trajectory(8))
+
+
+def test_mission_encoding():
+    ids = encode_mission("Pick up the RED ball, then zebra!", 5)
+    assert ids.tolist() == [VOCABULARY.index(w) for w in ("pick", "up", "the", "red", "ball")]
+    assert encode_mission("go to zebra", 5).tolist() == [VOCABULARY.index("go"), VOCABULARY.index("to"), 1, 0, 0]
+
+
+def test_extractor_reads_cells_and_word_order_with_gradients():
+    env = MissionIds(make_pickup_env("train"), mission_length=8)
+    extractor = MiniGridExtractor(env.observation_space)
+    obs, _ = env.reset(seed=0)
+    batch = {key: torch.as_tensor(np.stack([value, value])).float() for key, value in obs.items()}
+    swapped = batch["mission"].clone()
+    swapped[1, 3], swapped[1, 4] = batch["mission"][1, 4], batch["mission"][1, 3]
+    features = extractor({"image": batch["image"], "mission": swapped})
+    assert features.shape == (2, extractor.features_dim)
+    assert not torch.allclose(features[0], features[1])  # "red ball" != "ball red"
+    moved = batch["image"].clone()
+    moved[1] = torch.roll(moved[1].view(7, 7, 3), 1, dims=0).flatten()
+    assert not torch.allclose(extractor(batch)[0], extractor({**batch, "image": moved})[1])
+    features.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in extractor.parameters())
+    with pytest.raises(ValueError, match="flattened"):
+        flat = gym.spaces.Box(0, 1, (5,))
+        MiniGridExtractor(gym.spaces.Dict({"image": flat, "mission": env.observation_space["mission"]}))
+
+
+def test_bad_settings_fail_clearly():
+    with pytest.raises(ValueError, match="split must be one of"):
+        make_pickup_env("held-out")
+    crowded = {**pickup_defaults()["splits"], "novel": [{"pool": "B", "count": [7, 8]}]}
+    with pytest.raises(ValueError, match="do not fit"):
+        make_pickup_env("novel", size=5, splits=crowded)
+    with pytest.raises(ValueError, match="unknown pool"):
+        make_pickup_env("novel", splits={**crowded, "novel": [{"pool": "C", "count": [1, 1]}]})
+    with pytest.raises(ValueError, match="unknown settings colour"):
+        make_pickup_env(colour="red")
+
+
+TINY = [
+    "--config", "minigrid/pickup.yaml",
+    "--set", "env.n_envs=2", "--set", "ppo.n_steps=32", "--set", "ppo.batch_size=32", "--set", "ppo.n_epochs=1",
+    "--set", "run.progress=false", "--set", "run.eval_every=0",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("policy", ["rims", "lstm"])
+def test_train_then_evaluate_both_splits_and_visualize(policy, tmp_path):
+    result = cli("train", *TINY, "--policy", policy, "--total-steps", "128", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "RimsRL-Pickup-v0" / f"ppo-{policy}" / "seed0"
+    for split in ("known", "novel"):
+        result = cli("evaluate", str(run), "--episodes", "6", "--distractors", split)
+        assert result.returncode == 0, result.stderr
+        assert f"({split} distractors)" in result.stdout and "success rate" in result.stdout
+    result = cli("visualize", str(run), "--distractors", "novel")
+    assert result.returncode == 0, result.stderr
+    assert (run / "visualize" / "episode.gif").stat().st_size > 0
+    assert (run / "visualize" / "activations.png").exists() == (policy == "rims")
+
+
+def test_distractors_on_a_run_elsewhere_and_foreign_settings_fail_clearly(tmp_path):
+    result = cli("train", "--config", "minigrid/pickup.yaml", "--env", "BabyAI-PickupDist-v0", "--out", str(tmp_path))
+    assert_one_line_error(result, "unknown config keys env.end_on_wrong_pickup")
+    result = cli("train", *TINY, "--set", "env.split=heldout", "--out", str(tmp_path))
+    assert_one_line_error(result, "split must be one of")
+
+
+def test_standard_babyai_id_trains_through_the_same_cli(tmp_path):
+    args = ["--config", "minigrid/babyai.yaml", "--env", "MiniGrid-Fetch-5x5-N2-v0", *TINY[2:]]
+    result = cli("train", *args, "--total-steps", "64", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "MiniGrid-Fetch-5x5-N2-v0" / "ppo-rims" / "seed0"
+    result = cli("evaluate", str(run), "--episodes", "2", "--distractors", "novel")
+    assert_one_line_error(result, "--distractors needs a run on RimsRL/Pickup")
+
+
+def test_experiment_writes_table_and_plot(tmp_path):
+    out = tmp_path / "experiment"
+    args = ["--seeds", "0", "1", "--total-steps", "64", "--episodes", "4", "--out", str(out)]
+    result = cli("experiment-distractors", *args, *TINY[2:], timeout=600)
+    assert result.returncode == 0, result.stderr
+    with open(out / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["policy"], r["seed"], r["split"]) for r in rows} == {
+        (p, s, split) for p in ("rims", "lstm") for s in ("0", "1") for split in ("known", "novel")
+    }
+    assert all(int(r["episodes"]) == 4 for r in rows)
+    table = (out / "results.md").read_text()
+    assert "| rims | novel |" in table and "| lstm | known |" in table
+    assert (out / "results.png").stat().st_size > 0
+    # A second call reuses the finished runs instead of training again.
+    again = cli("experiment-distractors", *args, *TINY[2:], timeout=600)
+    assert again.returncode == 0 and "trained already" in again.stdout
