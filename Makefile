@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-train copying clean
+.PHONY: install demo test lint bench bench-train copying experiment-distractors clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ bench-train: install
 # The full copying experiment (paper Table 1); about half an hour on a 2-core CPU.
 copying: install
 	$(BIN)/rims-rl copying --out runs/copying
+
+# RIMs vs LSTM on MiniGrid pickup with known and novel distractors (paper Fig. 5): 3 seeds each,
+# results table and bar plot in runs/experiments/distractors/. Finished runs are reused.
+experiment-distractors: install
+	$(BIN)/rims-rl experiment-distractors --out runs/experiments/distractors
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
