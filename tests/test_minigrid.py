@@ -180,11 +180,12 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("policy", ["rims", "lstm"])
-def test_train_then_evaluate_both_splits_and_visualize(policy, tmp_path):
-    result = cli("train", *TINY, "--policy", policy, "--total-steps", "128", "--out", str(tmp_path))
+@pytest.mark.parametrize(("policy", "algo"), [("rims", "ppo"), ("lstm", "a2c")])
+def test_train_then_evaluate_both_splits_and_visualize(policy, algo, tmp_path):
+    args = ["--policy", policy, "--algo", algo, "--total-steps", "128", "--out", str(tmp_path)]
+    result = cli("train", *TINY, *args)
     assert result.returncode == 0, result.stderr
-    run = tmp_path / "RimsRL-Pickup-v0" / f"ppo-{policy}" / "seed0"
+    run = tmp_path / "RimsRL-Pickup-v0" / f"{algo}-{policy}" / "seed0"
     for split in ("known", "novel"):
         result = cli("evaluate", str(run), "--episodes", "6", "--distractors", split)
         assert result.returncode == 0, result.stderr
