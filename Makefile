@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-train copying experiment-distractors clean
+.PHONY: install demo test lint bench bench-train copying experiment-distractors imitation clean
 
 install: $(STAMP)
 
@@ -52,6 +52,10 @@ copying: install
 # results table and bar plot in runs/experiments/distractors/. Finished runs are reused.
 experiment-distractors: install
 	$(BIN)/rims-rl experiment-distractors --out runs/experiments/distractors
+
+# HalfCheetah imitation from pixels under joint noise (paper Table 6): expert, dataset, BC, evaluation.
+imitation: install
+	$(BIN)/rims-rl imitation run
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

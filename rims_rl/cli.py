@@ -121,6 +121,17 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _imitation(args: argparse.Namespace) -> int:
+    from rims_rl.agents.imitation import STAGES, load_imitation_config, run
+
+    config = load_imitation_config(args.config, args.set)
+    out = Path(args.out or config["run"]["out"])
+    run(config, out, STAGES if args.stage == "run" else (args.stage,))
+    if args.stage in ("run", "evaluate"):
+        print((out / "results.md").read_text(), end="")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from rims_rl.agents.compare import compare_runs
 
@@ -235,6 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
     )
     experiment.set_defaults(handler=_experiment)
+
+    imitation = commands.add_parser(
+        "imitation",
+        help="behaviour cloning on HalfCheetah from pixels, evaluated under joint noise (paper Table 6)",
+        description="Stages: expert (state PPO), collect (rendered expert episodes), bc (sequence BC per model), "
+        "evaluate (returns with and without joint noise); run = all, skipping finished ones.",
+    )
+    imitation.add_argument("stage", choices=["expert", "collect", "bc", "evaluate", "run"], help="stage to run")
+    imitation.add_argument(
+        "--config", default="mujoco/halfcheetah.yaml", help="YAML config, file or packaged (default: %(default)s)"
+    )
+    imitation.add_argument("--out", help="output folder (default: the config's run.out)")
+    imitation.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
+    imitation.set_defaults(handler=_imitation)
 
     compare = commands.add_parser(
         "compare",

@@ -1,0 +1,435 @@
+"""Behaviour cloning on HalfCheetah from pixels, evaluated under joint noise (paper App. C.7, Table 6).
+
+The whole pipeline, stage by stage, each writing into ``<out>/`` and skipped when its output exists:
+
+1. ``expert``: SB3 PPO on the state vector (rl-zoo's tuned settings, VecNormalize), saved with its
+   evaluation return: ``expert/model.zip``, ``expert/vecnormalize.pkl``, ``expert/expert.json``.
+2. ``collect``: the expert's episodes, rendered: ``dataset.npz`` (frames, actions, rewards, episode
+   starts) and ``dataset.json`` (expert return, env settings, sha256 of the npz; loading checks it).
+3. ``bc``: per model, sequence behaviour cloning: CNN encoder -> recurrent core (RIMs or LSTM) -> action,
+   MSE on truncated-BPTT windows of stored episodes. ``bc/<model>/model.pt``; atomic checkpoints every
+   few epochs, resumed after a crash.
+4. ``evaluate``: each model's returns without and with joint noise, episodes x seeds, as
+   ``results.md`` / ``results.json`` (Table 6's shape).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rims_rl.envs.mujoco import make_cheetah, render_frame
+from torch import nn
+from tqdm import tqdm
+
+from rims_rl.config import ConfigError, load_config
+from rims_rl.cores import LSTMCore
+from rims_rl.rims import RIMs
+from rims_rl.utils import atomic_save, resolve_device
+
+__all__ = ["STAGES", "CheetahPolicy", "collect", "evaluate", "expert", "load_dataset", "run", "train_bc"]
+
+STAGES = ("expert", "collect", "bc", "evaluate")
+SECTIONS = {"env", "expert", "collect", "bc", "evaluate", "run"}
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+def load_imitation_config(path: str | Path, overrides=()) -> dict[str, Any]:
+    """The YAML config with overrides, checked before any stage starts."""
+    config = load_config(path, overrides, open_sections=("expert.ppo", "bc.models"))
+    unknown = set(config) - SECTIONS
+    missing = SECTIONS - set(config)
+    if unknown or missing:
+        raise ConfigError(f"imitation config: unknown sections {sorted(unknown)}, missing {sorted(missing)}")
+    env = config["env"]
+    try:
+        for key in ("size", "frame_stack", "max_episode_steps"):
+            if isinstance(env[key], bool) or not isinstance(env[key], int) or env[key] < 1:
+                raise ValueError(f"env.{key} must be a positive integer, got {env[key]!r}")
+        if env["gl"] not in ("egl", "osmesa", "glfw"):
+            raise ValueError(f"env.gl must be egl, osmesa or glfw, got {env['gl']!r}")
+        models = config["bc"]["models"]
+        if not isinstance(models, dict) or not models:
+            raise ValueError("bc.models must name at least one model")
+        for name, spec in models.items():
+            _build_core(name, spec, 8)
+        if config["evaluate"]["joint_noise"] < 0:
+            raise ValueError("evaluate.joint_noise must be >= 0")
+        resolve_device(str(config["run"]["device"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"imitation config: {error}") from None
+    return config
+
+
+def _env_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    env = config["env"]
+    keys = ("size", "frame_stack", "camera", "gl", "max_episode_steps")
+    return {key: env[key] for key in keys}
+
+
+# ------------------------------------------------------------------------------------- 1. expert
+
+
+def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the state-based PPO expert (or load it if ``out/expert`` is complete)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    folder = out / "expert"
+    if (folder / "expert.json").is_file():
+        info = json.loads((folder / "expert.json").read_text())
+        log(f"expert: done already (return {info['return_mean']:.0f})")
+        return info
+    settings = dict(config["expert"]["ppo"])
+    policy_kwargs = {
+        "log_std_init": settings.pop("log_std_init"),
+        "ortho_init": False,
+        "activation_fn": nn.ReLU,
+        "net_arch": {"pi": settings["net_arch"], "vf": settings.pop("net_arch")},
+    }
+    seed = config["run"]["seed"]
+    env_kwargs = {**_env_kwargs(config), "pixels": False}
+    env = make_vec_env(make_cheetah, n_envs=1, seed=seed, env_kwargs=env_kwargs)
+    if config["expert"]["normalize"]:
+        env = VecNormalize(env, gamma=settings["gamma"])
+    model = PPO("MlpPolicy", env, policy_kwargs=policy_kwargs, seed=seed, device="cpu", verbose=0, **settings)
+    log(f"expert: PPO on the state vector for {config['expert']['total_steps']} steps")
+    model.learn(config["expert"]["total_steps"], progress_bar=config["run"]["progress"])
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.zip")
+    if config["expert"]["normalize"]:
+        env.save(str(folder / "vecnormalize.pkl"))
+    env.close()
+    returns = [episode["return"] for episode in _expert_episodes(config, out, config["expert"]["eval_episodes"])]
+    info = {
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+        "steps": config["expert"]["total_steps"],
+        "env": env_kwargs,
+    }
+    (folder / "expert.json").write_text(json.dumps(info, indent=2))
+    log(f"expert: return {info['return_mean']:.0f} +- {info['return_std']:.0f}")
+    return info
+
+
+def _expert_episodes(config: dict[str, Any], out: Path, episodes: int, render: bool = False, seed: int = 100):
+    """Play the saved expert deterministically; yield per episode its return and, with ``render``,
+    frames (T, 3, H, W) of the states it acted on, and its actions and rewards."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    folder = out / "expert"
+    model = PPO.load(folder / "model.zip", device="cpu")
+    normalizer = None
+    if (folder / "vecnormalize.pkl").is_file():
+        dummy = DummyVecEnv([lambda: make_cheetah(**{**_env_kwargs(config), "pixels": False})])
+        normalizer = VecNormalize.load(str(folder / "vecnormalize.pkl"), dummy)
+        normalizer.training = False
+    env = make_cheetah(**{**_env_kwargs(config), "pixels": False})
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            frames, actions, rewards, done = [], [], [], False
+            while not done:
+                if render:
+                    frames.append(render_frame(env))
+                policy_obs = normalizer.normalize_obs(obs[None]) if normalizer is not None else obs[None]
+                action = model.predict(policy_obs, deterministic=config["collect"]["deterministic"])[0][0]
+                obs, reward, terminated, truncated, _ = env.step(action)
+                actions.append(np.clip(action, -1.0, 1.0))
+                rewards.append(reward)
+                done = terminated or truncated
+            yield {
+                "return": float(np.sum(rewards)),
+                "frames": np.stack(frames) if render else None,
+                "actions": np.asarray(actions, dtype=np.float32),
+                "rewards": np.asarray(rewards, dtype=np.float32),
+            }
+    finally:
+        env.close()
+
+
+# ------------------------------------------------------------------------------------- 2. collect
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def collect(config: dict[str, Any], out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Record the expert's episodes as pixels into ``dataset.npz`` + ``dataset.json``."""
+    data_path, meta_path = out / "dataset.npz", out / "dataset.json"
+    if meta_path.is_file():
+        meta = load_dataset(out)[1]  # a corrupt dataset stops here with a clear error, untouched
+        log(f"collect: done already ({meta['steps']} steps, expert return {meta['expert_return']:.0f})")
+        return meta
+    episodes = list(_expert_episodes(config, out, config["collect"]["episodes"], render=True))
+    frames = np.concatenate([e["frames"] for e in episodes])
+    starts = np.concatenate([np.arange(len(e["actions"])) == 0 for e in episodes])
+    temporary = data_path.with_suffix(".tmp.npz")
+    np.savez_compressed(
+        temporary,
+        frames=frames,
+        actions=np.concatenate([e["actions"] for e in episodes]),
+        rewards=np.concatenate([e["rewards"] for e in episodes]),
+        episode_starts=starts,
+    )
+    temporary.replace(data_path)
+    returns = [e["return"] for e in episodes]
+    meta = {
+        "episodes": len(episodes),
+        "steps": len(frames),
+        "expert_return": float(np.mean(returns)),
+        "expert_return_std": float(np.std(returns)),
+        "env": _env_kwargs(config),
+        "sha256": _sha256(data_path),
+    }
+    meta_path.with_suffix(".tmp").write_text(json.dumps(meta, indent=2))
+    meta_path.with_suffix(".tmp").replace(meta_path)
+    log(f"collect: {meta['steps']} steps from {meta['episodes']} episodes, expert return {meta['expert_return']:.0f}")
+    return meta
+
+
+def load_dataset(out: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The dataset and its metadata; ``ConfigError`` if missing or if the checksum does not match."""
+    data_path, meta_path = out / "dataset.npz", out / "dataset.json"
+    if not meta_path.is_file() or not data_path.is_file():
+        raise ConfigError(f"no dataset in {out}: run the collect stage first")
+    meta = json.loads(meta_path.read_text())
+    if _sha256(data_path) != meta.get("sha256"):
+        raise ConfigError(f"{data_path} is corrupt (sha256 differs from {meta_path}); delete both and collect again")
+    with np.load(data_path) as data:
+        return {key: data[key] for key in data.files}, meta
+
+
+# ------------------------------------------------------------------------------------- 3. bc
+
+
+def _build_core(name: str, spec: dict[str, Any], input_size: int) -> nn.Module:
+    spec = dict(spec)
+    kind = spec.pop("core", None)
+    if kind == "rims":
+        spec.setdefault("input_dropout", 0.0)
+        spec.setdefault("comm_dropout", 0.0)
+        return RIMs(input_size, **spec)
+    if kind == "lstm":
+        return LSTMCore(input_size, **spec)
+    raise ValueError(f"bc.models.{name}.core must be rims or lstm, got {kind!r}")
+
+
+class CheetahPolicy(nn.Module):
+    """Pixels to actions: a CNN over the stacked frames, a recurrent core, a tanh action head.
+
+    ``forward(frames (T, B, C, H, W) uint8, state, episode_starts (T, B)) -> (actions (T, B, A), state)``.
+    """
+
+    def __init__(self, channels: int, size: int, actions: int, core: dict[str, Any], features: int) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(channels, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.encoder(torch.zeros(1, channels, size, size)).shape[1]
+        self.project = nn.Sequential(nn.Linear(flat, features), nn.ReLU())
+        self.core = _build_core("model", core, features)
+        self.head = nn.Linear(self.core.hidden_size, actions)
+
+    def forward(self, frames: torch.Tensor, state=None, episode_starts: torch.Tensor | None = None):
+        steps, batch = frames.shape[:2]
+        features = self.project(self.encoder(frames.flatten(0, 1).float() / 255.0)).view(steps, batch, -1)
+        output, state = self.core(features, state, episode_starts)
+        return torch.tanh(self.head(output)), state
+
+
+def _stack_index(starts: np.ndarray, frame_stack: int) -> np.ndarray:
+    """For each step, the indices of its last ``frame_stack`` frames (oldest first), repeating the
+    episode's first frame before it starts (as gymnasium's FrameStackObservation does)."""
+    episode_first = np.maximum.accumulate(np.where(starts, np.arange(len(starts)), 0))
+    offsets = np.arange(-frame_stack + 1, 1)
+    return np.maximum(np.arange(len(starts))[:, None] + offsets, episode_first[:, None])
+
+
+def train_bc(config: dict[str, Any], out: Path, name: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Sequence behaviour cloning of model ``name``; resumes from its checkpoint."""
+    folder = out / "bc" / name
+    final = folder / "model.pt"
+    if final.is_file():
+        log(f"bc {name}: done already")
+        return torch.load(final, map_location="cpu", weights_only=False)["info"]
+    data, _ = load_dataset(out)
+    bc, env = config["bc"], config["env"]
+    device = resolve_device(str(config["run"]["device"]))
+    seed = config["run"]["seed"]
+    torch.manual_seed(seed)
+    frames = torch.as_tensor(data["frames"])
+    actions = torch.as_tensor(data["actions"])
+    stacks = torch.as_tensor(_stack_index(data["episode_starts"], env["frame_stack"]))
+    # Windows never cross an episode end: valid starts are those with `window` steps left in their episode.
+    starts = data["episode_starts"]
+    last = np.r_[np.nonzero(starts)[0][1:] - 1, len(starts) - 1][np.cumsum(starts) - 1]  # episode's last step
+    remaining = last - np.arange(len(starts)) + 1
+    window = int(min(bc["window"], remaining.max()))
+    valid = np.nonzero(remaining >= window)[0]
+    updates_per_epoch = max(1, len(starts) // (window * bc["batch_size"]))
+
+    policy = CheetahPolicy(3 * env["frame_stack"], env["size"], actions.shape[1], bc["models"][name], bc["features"])
+    policy.to(device)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=bc["learning_rate"])
+    rng = np.random.default_rng(seed)
+    epoch, losses = 0, []
+    checkpoint = folder / "checkpoint.pt"
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        policy.load_state_dict(saved["policy"])
+        optimizer.load_state_dict(saved["optimizer"])
+        epoch, losses, rng = saved["epoch"], saved["losses"], saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        log(f"bc {name}: resuming at epoch {epoch}")
+    parameters = sum(p.numel() for p in policy.parameters())
+    total = bc["epochs"] * updates_per_epoch
+    bar = tqdm(total=total, initial=epoch * updates_per_epoch, desc=f"bc {name}", disable=not config["run"]["progress"])
+    started = time.perf_counter()
+    while epoch < bc["epochs"]:
+        epoch_loss = 0.0
+        for _ in range(updates_per_epoch):
+            first = torch.as_tensor(rng.choice(valid, size=bc["batch_size"]))
+            steps = first[None, :] + torch.arange(window)[:, None]  # (T, B)
+            batch = frames[stacks[steps]].flatten(2, 3).to(device)  # (T, B, stack * 3, H, W)
+            predicted, _ = policy(batch)
+            loss = nn.functional.mse_loss(predicted, actions[steps].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), bc["max_grad_norm"])
+            optimizer.step()
+            epoch_loss += loss.item() / updates_per_epoch
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if not math.isfinite(epoch_loss):
+            raise ConfigError(f"bc {name}: the loss is not finite at epoch {epoch}; last checkpoint kept")
+        epoch += 1
+        losses.append(epoch_loss)
+        if epoch % bc["checkpoint_every"] == 0 or epoch == bc["epochs"]:
+            atomic_save(
+                {
+                    "policy": policy.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "losses": losses,
+                    "rng": rng,
+                    "torch_rng": torch.get_rng_state(),
+                },
+                checkpoint,
+            )
+    bar.close()
+    info = {"model": name, "parameters": parameters, "epochs": epoch, "final_loss": losses[-1], "window": window}
+    info["train_seconds"] = round(time.perf_counter() - started, 1)
+    atomic_save({"policy": policy.state_dict(), "spec": bc["models"][name], "info": info}, final)
+    log(f"bc {name}: final loss {losses[-1]:.4f} ({parameters:,} parameters)")
+    return info
+
+
+def _load_policy(config: dict[str, Any], out: Path, name: str) -> CheetahPolicy:
+    saved = torch.load(out / "bc" / name / "model.pt", map_location="cpu", weights_only=False)
+    env = config["env"]
+    policy = CheetahPolicy(3 * env["frame_stack"], env["size"], 6, saved["spec"], config["bc"]["features"])
+    policy.load_state_dict(saved["policy"])
+    return policy.eval()
+
+
+# ------------------------------------------------------------------------------------- 4. evaluate
+
+
+@torch.no_grad()
+def play(policy: CheetahPolicy, env, seed: int) -> float:
+    """One episode with the recurrent state carried from step to step; its return."""
+    obs, _ = env.reset(seed=seed)
+    state, total, done = None, 0.0, False
+    while not done:
+        action, state = policy(torch.as_tensor(obs)[None, None], state)
+        obs, reward, terminated, truncated, _ = env.step(action[0, 0].numpy())
+        total += float(reward)
+        done = terminated or truncated
+    return total
+
+
+def evaluate(config: dict[str, Any], out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every model's return without and with joint noise (mean and std over episodes and seeds)."""
+    settings = config["evaluate"]
+    noise = settings["joint_noise"]
+    results = {}
+    for name in config["bc"]["models"]:
+        policy = _load_policy(config, out, name)
+        results[name] = {}
+        for label, std in (("no noise", 0.0), (f"noise {noise:g}", noise)):
+            env = make_cheetah(**_env_kwargs(config), joint_noise=std)
+            try:
+                returns = [
+                    play(policy, env, seed=1000 * seed + episode)
+                    for seed in settings["seeds"]
+                    for episode in range(settings["episodes"])
+                ]
+            finally:
+                env.close()
+            results[name][label] = {"mean": float(np.mean(returns)), "std": float(np.std(returns)), "returns": returns}
+            log(f"evaluate {name} ({label}): {np.mean(returns):.0f} +- {np.std(returns):.0f}")
+    meta = json.loads((out / "dataset.json").read_text())
+    (out / "results.json").write_text(
+        json.dumps({"expert_return": meta["expert_return"], "results": results}, indent=2)
+    )
+    (out / "results.md").write_text(_table(results, meta, settings))
+    return results
+
+
+def _table(results: dict[str, Any], meta: dict[str, Any], settings: dict[str, Any]) -> str:
+    labels = list(next(iter(results.values())))
+    runs = len(settings["seeds"]) * settings["episodes"]
+    lines = [
+        f"HalfCheetah from pixels, behaviour cloning of an expert with return {meta['expert_return']:.0f} "
+        f"({meta['episodes']} episodes, {meta['steps']} steps). Returns: mean +- std over {runs} episodes "
+        f"(seeds {', '.join(map(str, settings['seeds']))}).",
+        "",
+        "| model | " + " | ".join(labels) + " | change under noise |",
+        "|---|" + "---|" * (len(labels) + 1),
+    ]
+    for name, row in results.items():
+        cells = [f"{row[label]['mean']:.0f} +- {row[label]['std']:.0f}" for label in labels]
+        change = row[labels[-1]]["mean"] - row[labels[0]]["mean"]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {change:+.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------- all
+
+
+def run(config: dict[str, Any], out: Path, stages=STAGES, log: Callable[[str], None] = print) -> None:
+    """The stages in order; finished ones are skipped."""
+    out.mkdir(parents=True, exist_ok=True)
+    if "expert" in stages:
+        expert(config, out, log)
+    if "collect" in stages:
+        collect(config, out, log)
+    if "bc" in stages:
+        for name in config["bc"]["models"]:
+            train_bc(config, out, name, log)
+    if "evaluate" in stages:
+        evaluate(config, out, log)

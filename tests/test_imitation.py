@@ -1,0 +1,149 @@
+"""HalfCheetah from pixels, joint noise, and the behaviour-cloning pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from rims_rl.agents.imitation import (
+    STAGES,
+    _stack_index,
+    collect,
+    load_dataset,
+    load_imitation_config,
+    run,
+    train_bc,
+)
+from rims_rl.envs.mujoco import make_cheetah, render_frame
+
+from rims_rl.config import ConfigError
+from tests.helpers import assert_one_line_error, cli
+
+TINY = [
+    "expert.total_steps=512", "expert.ppo.n_steps=256", "expert.eval_episodes=1", "collect.episodes=2",
+    "env.max_episode_steps=40", "bc.epochs=2", "bc.window=16", "bc.batch_size=4", "bc.checkpoint_every=1",
+    "evaluate.episodes=1", "evaluate.seeds=[0]", "run.progress=false",
+]  # fmt: skip
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """A tiny expert and dataset, shared by the tests that need one."""
+    out = tmp_path_factory.mktemp("imitation")
+    config = load_imitation_config("mujoco/halfcheetah.yaml", TINY)
+    run(config, out, stages=("expert", "collect"), log=quiet)
+    return config, out
+
+
+def test_frames_are_not_blank_and_follow_the_state():
+    env = make_cheetah(size=32, frame_stack=2)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (6, 32, 32) and obs.dtype == np.uint8
+    assert obs.std() > 10  # not a blank image
+    np.testing.assert_array_equal(obs[:3], obs[3:])  # the stack starts with the reset frame twice
+    for _ in range(10):
+        obs, *_ = env.step(np.ones(6, dtype=np.float32))
+    assert (obs[:3] != obs[3:]).mean() > 0.01  # consecutive frames differ while moving
+    base = env.unwrapped
+    before = render_frame(env)
+    qpos = base.data.qpos.copy()
+    qpos[2] += 1.0  # pitch the body
+    base.set_state(qpos, base.data.qvel.copy())
+    assert (render_frame(env) != before).mean() > 0.05
+    env.close()
+
+
+@pytest.mark.parametrize("pixels", [False, True])
+def test_joint_noise_perturbs_the_state_and_zero_does_not(pixels):
+    def states(std):
+        env = make_cheetah(pixels=pixels, size=32, joint_noise=std)
+        obs, _ = env.reset(seed=3)
+        observations, qpos = [obs], []
+        for step in range(15):
+            obs, *_ = env.step(np.full(6, 0.3 * np.sin(step), dtype=np.float32))
+            observations.append(obs)
+            qpos.append(env.unwrapped.data.qpos.copy())
+        env.close()
+        return np.stack(observations), np.stack(qpos)
+
+    plain = states(0.0)
+    np.testing.assert_array_equal(plain[1], states(0.0)[1])  # deterministic, and zero std is a no-op
+    noisy = states(0.1)
+    assert np.abs(noisy[1][:, 3:] - plain[1][:, 3:]).mean() > 0.01  # actuated joints moved
+    assert not np.array_equal(noisy[0], plain[0])  # and the observation shows it
+    np.testing.assert_array_equal(noisy[1], states(0.1)[1])  # the noise is seeded by reset
+    with pytest.raises(ValueError, match="non-negative"):
+        make_cheetah(pixels=pixels, joint_noise=-1.0)
+
+
+def test_stack_index_repeats_the_first_frame_of_each_episode():
+    starts = np.array([True, False, False, True, False])
+    assert _stack_index(starts, 3).tolist() == [[0, 0, 0], [0, 0, 1], [0, 1, 2], [3, 3, 3], [3, 3, 4]]
+
+
+def test_dataset_round_trip_and_corruption(pipeline):
+    config, out = pipeline
+    data, meta = load_dataset(out)
+    assert meta["episodes"] == 2 and meta["steps"] == len(data["frames"]) == 80
+    assert data["frames"].shape == (80, 3, 64, 64) and data["frames"].dtype == np.uint8
+    assert data["actions"].shape == (80, 6) and np.abs(data["actions"]).max() <= 1.0
+    assert data["episode_starts"].nonzero()[0].tolist() == [0, 40]
+    assert meta["expert_return"] == pytest.approx(data["rewards"].sum() / 2, rel=1e-4)
+    assert collect(config, out, log=quiet) == meta  # a valid dataset is kept
+
+    corrupt = out.parent / "corrupt"
+    corrupt.mkdir()
+    raw = bytearray((out / "dataset.npz").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (corrupt / "dataset.npz").write_bytes(bytes(raw))
+    (corrupt / "dataset.json").write_text((out / "dataset.json").read_text())
+    with pytest.raises(ConfigError, match="corrupt"):
+        load_dataset(corrupt)
+    with pytest.raises(ConfigError, match="corrupt"):
+        collect(config, corrupt, log=quiet)  # refuses, and leaves the file as it was
+    assert (corrupt / "dataset.npz").read_bytes() == bytes(raw)
+
+
+def test_bc_learns_checkpoints_and_resumes(pipeline):
+    config, out = pipeline
+    info = train_bc(config, out, "rims_k3", log=quiet)
+    assert info["epochs"] == 2 and np.isfinite(info["final_loss"])
+    folder = out / "bc" / "rims_k3"
+    final = torch.load(folder / "model.pt", weights_only=False)
+    # Crash after the last checkpoint but before model.pt: a rerun resumes instead of starting over.
+    (folder / "model.pt").unlink()
+    messages = []
+    again = train_bc(config, out, "rims_k3", log=messages.append)
+    assert any("resuming at epoch 2" in m for m in messages)
+    assert again["final_loss"] == info["final_loss"]
+    resumed = torch.load(folder / "model.pt", weights_only=False)
+    for key, value in final["policy"].items():
+        torch.testing.assert_close(resumed["policy"][key], value, rtol=0, atol=0)
+
+
+def test_pipeline_end_to_end_through_the_cli(tmp_path):
+    args = ["imitation", "run", "--out", str(tmp_path)]
+    for item in TINY:
+        args += ["--set", item]
+    result = cli(*args, timeout=600)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "results.md").read_text()
+    for name in ("rims_k3", "rims_k6", "lstm"):
+        assert f"| {name} |" in table
+    assert "noise 0.1" in table
+    again = cli(*args, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done already") == 1 + 1 + 3
+    assert set(STAGES) == {"expert", "collect", "bc", "evaluate"}
+
+
+def test_bad_imitation_config_fails_in_one_line(tmp_path):
+    result = cli("imitation", "bc", "--out", str(tmp_path), "--set", "bc.models.gru={core: gru}")
+    assert_one_line_error(result, "bc.models.gru.core must be rims or lstm")
+    result = cli("imitation", "bc", "--out", str(tmp_path), "--set", "bc.models.rims_k3.k_active=9")
+    assert_one_line_error(result, "k_active")
+    result = cli("imitation", "bc", "--out", str(tmp_path))
+    assert_one_line_error(result, "no dataset")
