@@ -271,6 +271,17 @@ def _stack_index(starts: np.ndarray, frame_stack: int) -> np.ndarray:
     return np.maximum(np.arange(len(starts))[:, None] + offsets, episode_first[:, None])
 
 
+def random_shift(batch: torch.Tensor, pad: int, rng: np.random.Generator) -> torch.Tensor:
+    """Shift each window's frames by up to ``pad`` pixels (edge-padded), the same shift at every step
+    of a window: the augmentation that makes pixel policies generalise from few demonstrations (DrQ)."""
+    steps, windows, channels, height, width = batch.shape
+    padded = nn.functional.pad(batch.flatten(0, 1).float(), (pad, pad, pad, pad), mode="replicate")
+    padded = padded.view(steps, windows, channels, height + 2 * pad, width + 2 * pad)
+    shifts = rng.integers(0, 2 * pad + 1, size=(windows, 2))
+    shifted = [padded[:, w, :, dy : dy + height, dx : dx + width] for w, (dy, dx) in enumerate(shifts)]
+    return torch.stack(shifted, dim=1).to(batch.dtype)
+
+
 def train_bc(config: dict[str, Any], out: Path, name: str, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Sequence behaviour cloning of model ``name``; resumes from its checkpoint."""
     folder = out / "bc" / name
@@ -325,6 +336,8 @@ def train_bc(config: dict[str, Any], out: Path, name: str, log: Callable[[str], 
             first = torch.as_tensor(rng.choice(valid, size=bc["batch_size"]))
             steps = first[None, :] + torch.arange(window)[:, None]  # (T, B)
             batch = frames[stacks[steps]].flatten(2, 3).to(device)  # (T, B, stack * 3, H, W)
+            if bc["random_shift"]:
+                batch = random_shift(batch, bc["random_shift"], rng)
             predicted, _ = policy(batch)
             loss = nn.functional.mse_loss(predicted, actions[steps].to(device))
             optimizer.zero_grad(set_to_none=True)

@@ -11,6 +11,7 @@ from rims_rl.agents.imitation import (
     collect,
     load_dataset,
     load_imitation_config,
+    random_shift,
     run,
     train_bc,
 )
@@ -83,6 +84,28 @@ def test_joint_noise_perturbs_the_state_and_zero_does_not(pixels):
 def test_stack_index_repeats_the_first_frame_of_each_episode():
     starts = np.array([True, False, False, True, False])
     assert _stack_index(starts, 3).tolist() == [[0, 0, 0], [0, 0, 1], [0, 1, 2], [3, 3, 3], [3, 3, 4]]
+
+
+def test_random_shift_moves_each_window_alike_at_every_step():
+    rng = np.random.default_rng(0)
+    batch = torch.randint(0, 256, (5, 8, 6, 16, 16), dtype=torch.uint8)
+    shifted = random_shift(batch, 3, rng)
+    assert shifted.shape == batch.shape and shifted.dtype == torch.uint8
+    moved = 0
+    for window in range(8):
+        # Find this window's shift from step 0, then check every step used the same one.
+        padded = torch.nn.functional.pad(batch[:, window].float(), (3, 3, 3, 3), mode="replicate")
+        offsets = [
+            (dy, dx)
+            for dy in range(7)
+            for dx in range(7)
+            if torch.equal(padded[0, :, dy : dy + 16, dx : dx + 16], shifted[0, window].float())
+        ]
+        assert len(offsets) == 1
+        dy, dx = offsets[0]
+        assert torch.equal(padded[:, :, dy : dy + 16, dx : dx + 16], shifted[:, window].float())
+        moved += (dy, dx) != (3, 3)
+    assert moved > 0
 
 
 def test_dataset_round_trip_and_corruption(pipeline):
