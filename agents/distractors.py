@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from rims_rl.agents.evaluate import bootstrap_ci, evaluate_run
 from rims_rl.agents.train import resolve_config, resume, run_dir_for, train
+from rims_rl.envs import is_pickup_id
 
 from rims_rl.config import ConfigError
 
@@ -51,7 +52,7 @@ def run_distractors(
         for seed in seeds
     }
     for config in configs.values():
-        if not str(config["env"]["id"]).startswith("RimsRL/Pickup") or config["env"].get("split", "train") != "train":
+        if not is_pickup_id(str(config["env"]["id"])) or config["env"].get("split", "train") != "train":
             raise ConfigError("the distractors experiment trains on RimsRL/Pickup-v0 with env.split=train")
 
     rows = []

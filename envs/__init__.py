@@ -9,7 +9,16 @@ import gymnasium as gym
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
 
-__all__ = ["ATARI_ENV_KEYS", "check_env_settings", "env_kind", "env_name", "env_setting_keys", "make_env"]
+__all__ = [
+    "ATARI_ENV_KEYS",
+    "PICKUP_ID",
+    "check_env_settings",
+    "env_kind",
+    "env_name",
+    "env_setting_keys",
+    "is_pickup_id",
+    "make_env",
+]
 
 # The env config keys of each kind besides `id` and `n_envs`.
 ATARI_ENV_KEYS = (
@@ -24,9 +33,17 @@ ATARI_ENV_KEYS = (
 )
 
 
-# MiniGrid / BabyAI ids, ours included (see rims_rl.envs.minigrid).
-MINIGRID_PREFIXES = ("RimsRL/Pickup", "MiniGrid-", "BabyAI-")
+# Our MiniGrid pickup task (rims_rl.envs.minigrid): the generic id, and the prefix of every id of it.
+PICKUP_ID = "RimsRL/Pickup-v0"
+PICKUP_PREFIX = "RimsRL/Pickup"
+# MiniGrid / BabyAI ids, ours included.
+MINIGRID_PREFIXES = (PICKUP_PREFIX, "MiniGrid-", "BabyAI-")
 MINIGRID_ENV_KEYS = ("mission_length",)
+
+
+def is_pickup_id(env_id: str) -> bool:
+    """True for the ids of our MiniGrid pickup task (``RimsRL/Pickup-v0`` and one per split)."""
+    return env_id.startswith(PICKUP_PREFIX)
 
 
 def env_kind(env_id: str) -> str:
@@ -69,7 +86,7 @@ def env_setting_keys(env_id: str) -> tuple[str, ...]:
     if kind == "minigrid":
         from rims_rl.envs.minigrid import PICKUP_KEYS
 
-        return MINIGRID_ENV_KEYS + (PICKUP_KEYS if env_id.startswith("RimsRL/Pickup") else ())
+        return MINIGRID_ENV_KEYS + (PICKUP_KEYS if is_pickup_id(env_id) else ())
     return ()
 
 
@@ -85,12 +102,12 @@ def check_env_settings(config: dict[str, Any]) -> None:
         raise ValueError(f"unknown config keys env.{', env.'.join(extra)} for a {kind} environment{hint}")
     if env_kind(config["id"]) == "minigrid" and "mission_length" not in config:
         raise ValueError("a MiniGrid environment needs env.mission_length (words of the mission the agent reads)")
-    if config["id"].startswith("RimsRL/Pickup"):
+    if is_pickup_id(config["id"]):
         from rims_rl.envs.minigrid import PICKUP_KEYS, check_pickup_settings
 
         settings = {key: config[key] for key in PICKUP_KEYS if key in config}
-        if config["id"] != "RimsRL/Pickup-v0" and "split" in settings:
-            raise ValueError(f"{config['id']} fixes its split; use RimsRL/Pickup-v0 with env.split instead")
+        if config["id"] != PICKUP_ID and "split" in settings:
+            raise ValueError(f"{config['id']} fixes its split; use {PICKUP_ID} with env.split instead")
         check_pickup_settings(settings)
 
 

@@ -36,23 +36,21 @@ from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Ball, Box, Key
 from minigrid.minigrid_env import MiniGridEnv
+from rims_rl.envs import PICKUP_ID, PICKUP_PREFIX
 
 __all__ = [
     "OBJECT_TYPES",
-    "PICKUP_ID",
     "SPLITS",
     "VOCABULARY",
     "DistractorGroup",
     "MissionIds",
     "PickupDistractorsEnv",
-    "is_minigrid_id",
     "make_pickup_env",
     "pickup_defaults",
 ]
 
 OBJECT_TYPES = {"key": Key, "ball": Ball, "box": Box}
 SPLITS = ("train", "known", "novel")
-PICKUP_ID = "RimsRL/Pickup-v0"
 # The env settings of our task (besides the generic `id`, `n_envs`, `mission_length`).
 PICKUP_KEYS = ("split", "size", "max_steps", "end_on_wrong_pickup", "targets", "pools", "splits")
 
@@ -106,11 +104,6 @@ VOCABULARY = (
 _WORD_IDS = {word: index for index, word in enumerate(VOCABULARY)}
 
 Pair = tuple[str, str]  # (type, colour)
-
-
-def is_minigrid_id(env_id: str) -> bool:
-    """True for our task's ids and MiniGrid / BabyAI ids."""
-    return env_id.startswith(("RimsRL/Pickup", "MiniGrid-", "BabyAI-"))
 
 
 @dataclass(frozen=True)
@@ -341,7 +334,7 @@ def register_pickup_envs() -> None:
     if PICKUP_ID not in gym.registry:
         gym.register(PICKUP_ID, entry_point=entry)
     for split in SPLITS:
-        env_id = f"RimsRL/Pickup-{split.capitalize()}-v0"
+        env_id = f"{PICKUP_PREFIX}-{split.capitalize()}-v0"
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=entry, kwargs={"split": split})
 
