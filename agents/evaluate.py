@@ -10,12 +10,22 @@ import gymnasium as gym
 import numpy as np
 import torch
 from rims_rl.agents.train import ALGORITHMS, OPEN_SECTIONS, check_config
-from rims_rl.envs import env_kind, make_env
+from rims_rl.envs import PICKUP_ID, env_kind, is_pickup_id, make_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from rims_rl.config import ConfigError, load_config
 
-__all__ = ["bootstrap_ci", "evaluate_run", "find_model", "load_run", "record_gif", "with_distractors"]
+__all__ = [
+    "bootstrap_ci",
+    "evaluate_run",
+    "find_model",
+    "load_model",
+    "load_run",
+    "play_episode",
+    "record_gif",
+    "render_env",
+    "with_distractors",
+]
 
 
 def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple:
@@ -47,7 +57,8 @@ def find_model(target: str | Path) -> tuple[Path, Path]:
     raise ConfigError(f"{target} is not inside a run folder (no config.yaml above it)")
 
 
-def _load(model_path: Path, algo: str, env, device: str):
+def load_model(model_path: Path, algo: str, env, device: str):
+    """The algorithm object saved in ``model_path`` (model.zip or a checkpoint), attached to ``env``."""
     algo_class = ALGORITHMS[algo]
     try:
         if model_path.suffix == ".pt":
@@ -63,9 +74,9 @@ def with_distractors(config: dict[str, Any], distractors: str) -> dict[str, Any]
     if distractors not in ("known", "novel"):
         raise ConfigError(f"--distractors must be known or novel, got {distractors!r}")
     env_id = str(config["env"]["id"])
-    if not env_id.startswith("RimsRL/Pickup"):
+    if not is_pickup_id(env_id):
         raise ConfigError(f"--distractors needs a run on RimsRL/Pickup-*, this one is on {env_id}")
-    env = {**config["env"], "id": "RimsRL/Pickup-v0", "split": distractors}
+    env = {**config["env"], "id": PICKUP_ID, "split": distractors}
     return {**config, "env": env}
 
 
@@ -97,7 +108,7 @@ def evaluate_run(
         config = with_distractors(config, distractors)
     env = make_env(config["env"], seed=seed, evaluation=True, n_envs=min(episodes, 8))
     try:
-        model = _load(model_path, config["algo"], env, str(config["run"]["device"]))
+        model = load_model(model_path, config["algo"], env, str(config["run"]["device"]))
         returns, lengths = evaluate_policy(
             model, env, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True, warn=False
         )
@@ -130,32 +141,50 @@ def evaluate_run(
     return result
 
 
+def render_env(config: dict[str, Any], seed: int):
+    """A one-env evaluation VecEnv of ``config`` that renders RGB frames."""
+    env_config = dict(config["env"], render_mode="rgb_array")
+    if env_kind(env_config["id"]) == "atari":
+        env_config["backend"] = "sb3"  # the C++ vector env does not render
+    return make_env(env_config, seed=seed, evaluation=True, n_envs=1)
+
+
+def play_episode(model, env, deterministic: bool, max_steps: int, on_step=None) -> dict[str, Any]:
+    """Play one episode on a one-env VecEnv: its rendered frames, actions and rewards. ``on_step(obs,
+    state, episode_start)``, when given, is called before each action and its results are returned as
+    ``"per_step"``."""
+    frames, actions, rewards, per_step = [], [], [], []
+    obs, state, start = env.reset(), None, np.ones(1, dtype=bool)
+    for _ in range(max_steps):
+        frame = env.get_images()[0]
+        if frame is not None:
+            frames.append(np.asarray(frame))
+        if on_step is not None:
+            per_step.append(on_step(obs, state, start))
+        action, state = model.predict(obs, state=state, episode_start=start, deterministic=deterministic)
+        obs, reward, done, _ = env.step(action)
+        actions.append(int(np.asarray(action).reshape(-1)[0]))
+        rewards.append(float(reward[0]))
+        start = done
+        if done[0]:
+            break
+    return {"frames": frames, "actions": actions, "rewards": rewards, "per_step": per_step}
+
+
 def record_gif(
     model, config: dict[str, Any], path: Path, deterministic: bool, seed: int, max_steps: int = 5000
 ) -> Path:
     """Play one episode and save its frames as an animated GIF."""
     from PIL import Image
 
-    env_config = dict(config["env"], render_mode="rgb_array")
-    if env_kind(env_config["id"]) == "atari":
-        env_config["backend"] = "sb3"  # the C++ vector env does not render
-    env = make_env(env_config, seed=seed, evaluation=True, n_envs=1)
-    frames = []
+    env = render_env(config, seed)
     try:
-        obs, state, start = env.reset(), None, np.ones(1, dtype=bool)
-        for _ in range(max_steps):
-            frame = env.get_images()[0]
-            if frame is not None:
-                frames.append(Image.fromarray(np.asarray(frame)))
-            action, state = model.predict(obs, state=state, episode_start=start, deterministic=deterministic)
-            obs, _, done, _ = env.step(action)
-            start = done
-            if done[0]:
-                break
+        frames = play_episode(model, env, deterministic, max_steps)["frames"]
     finally:
         env.close()
     if not frames:
         raise ConfigError("the environment produced no frames to record")
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=40, loop=0)
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
     return path

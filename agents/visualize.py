@@ -7,41 +7,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from rims_rl.agents.evaluate import _load, load_run, with_distractors
-from rims_rl.envs import env_kind, make_env
+from rims_rl.agents.evaluate import load_model, load_run, play_episode, render_env, with_distractors
 
 from rims_rl.config import ConfigError
 from rims_rl.rims import RIMs
 
-__all__ = ["play_episode", "visualize_run"]
-
-
-def play_episode(model, env, deterministic: bool, max_steps: int) -> dict[str, Any]:
-    """Play one episode on a one-env VecEnv; per step: the rendered frame, the action, the reward and,
-    for a RIMs core, which units were active while choosing that action."""
-    policy = model.policy
-    core = policy.lstm_actor
-    frames, actives, actions, rewards = [], [], [], []
-    obs, state, start = env.reset(), None, np.ones(1, dtype=bool)
-    for _ in range(max_steps):
-        frame = env.get_images()[0]
-        if frame is not None:
-            frames.append(np.asarray(frame))
-        if isinstance(core, RIMs):
-            actives.append(_active_units(policy, core, obs, state, start))
-        action, state = model.predict(obs, state=state, episode_start=start, deterministic=deterministic)
-        obs, reward, done, _ = env.step(action)
-        actions.append(int(np.asarray(action).reshape(-1)[0]))
-        rewards.append(float(reward[0]))
-        start = done
-        if done[0]:
-            break
-    return {
-        "frames": frames,
-        "active": np.array(actives, dtype=bool) if actives else None,
-        "actions": actions,
-        "rewards": rewards,
-    }
+__all__ = ["visualize_run"]
 
 
 @torch.no_grad()
@@ -113,20 +84,24 @@ def visualize_run(
     model_path, run_dir, config = load_run(target)
     if distractors is not None:
         config = with_distractors(config, distractors)
-    env_config = dict(config["env"], render_mode="rgb_array")
-    if env_kind(env_config["id"]) == "atari":
-        env_config["backend"] = "sb3"  # the C++ vector env does not render
     out = Path(out) if out is not None else run_dir / "visualize"
-    env = make_env(env_config, seed=seed, evaluation=True, n_envs=1)
+    env = render_env(config, seed)
     try:
-        model = _load(model_path, config["algo"], env, "cpu")
-        episode = play_episode(model, env, deterministic, max_steps)
+        model = load_model(model_path, config["algo"], env, "cpu")
+        policy, core = model.policy, model.policy.lstm_actor
+        # Which units the actor's core activates on each step, for a RIMs core.
+        on_step = (
+            (lambda obs, state, start: _active_units(policy, core, obs, state, start))
+            if isinstance(core, RIMs)
+            else None
+        )
+        episode = play_episode(model, env, deterministic, max_steps, on_step)
     finally:
         env.close()
     if not episode["frames"]:
         raise ConfigError("the environment produced no frames to record")
     out.mkdir(parents=True, exist_ok=True)
-    active = episode["active"]
+    active = np.array(episode["per_step"], dtype=bool) if episode["per_step"] else None
     images = [_annotated(f, None if active is None else active[i], i) for i, f in enumerate(episode["frames"])]
     gif = out / "episode.gif"
     images[0].save(gif, save_all=True, append_images=images[1:], duration=250, loop=0)
