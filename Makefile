@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-train copying experiment-distractors imitation clean
+.PHONY: install demo test test-ray lint bench bench-train copying experiment-distractors imitation clean
 
 install: $(STAMP)
 
@@ -31,6 +31,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The Ray backend of `rims-rl sweep` on a local Ray instance: installs the optional ray extra into .venv
+# (plain `make test` skips these tests when ray is missing).
+test-ray: install
+	$(BIN)/python -m pip install --quiet -e ".[ray]"
+	$(BIN)/python -m pytest -q -m ray
 
 lint: install
 	$(BIN)/ruff check .

@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import yaml
 from rims_rl.agents.evaluate import bootstrap_ci
+from rims_rl.agents.runs import run_label
 from rims_rl.envs import env_name
 
 from rims_rl.config import ConfigError
 
-__all__ = ["compare_runs", "find_runs", "learning_curve"]
+__all__ = ["compare_runs", "find_runs", "learning_curve", "mean_curve", "plot_curves"]
 
 POINTS = 50  # grid points per curve
 
@@ -56,38 +57,35 @@ def learning_curve(run_dir: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(steps)[order], np.asarray(returns)[order]
 
 
-def compare_runs(paths: list[str | Path], out: str | Path, source: str = "train") -> dict[str, Any]:
-    """Group runs by environment and ``<algo>-<policy>``; write ``curves.png`` and ``curves.csv``."""
+def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(grid, mean, bounds)`` of several seeds' ``(steps, returns)``: the mean return and its 95% bootstrap CI
+    (``bounds[:, 0]`` low, ``bounds[:, 1]`` high) on ``POINTS`` steps."""
+    # Seeds are compared on the steps that all of them reached.
+    end = min(steps[-1] for steps, _ in curves)
+    start = max(steps[0] for steps, _ in curves)
+    grid = np.linspace(start, end, POINTS) if end > start else np.array([end])
+    table = np.stack([np.interp(grid, steps, returns) for steps, returns in curves])
+    bounds = np.array([bootstrap_ci(column) for column in table.T])
+    return grid, table.mean(axis=0), bounds
+
+
+def plot_curves(groups: dict[str, dict[str, list]], path: Path, source: str, columns: int = 4) -> list[list]:
+    """Plot ``groups[env][label] = [(steps, returns), ...]`` to ``path``, one panel per environment (``columns``
+    panels a row) with the mean and 95% CI across seeds of each label; return the plotted points as CSV rows
+    ``[env, label, seeds, step, mean, low, high]``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if source not in ("train", "eval"):
-        raise ConfigError(f"--source must be train or eval, got {source!r}")
-    groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for run_dir in find_runs(paths):
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        steps, returns = learning_curve(run_dir, source)
-        if len(steps):
-            label = f"{config['algo']}-{config['policy']}"
-            groups[env_name(config["env"]["id"])][label].append((steps, returns))
-    if not groups:
-        raise ConfigError(f"the runs have no {source} learning curves yet")
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    columns = min(columns, len(groups))
+    rows_of_panels = -(-len(groups) // columns)
+    figure, axes = plt.subplots(rows_of_panels, columns, figsize=(6 * columns, 4 * rows_of_panels), squeeze=False)
     rows = []
-    figure, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
-    for axis, (env, labels) in zip(axes[0], sorted(groups.items()), strict=True):
+    for index, (env, labels) in enumerate(sorted(groups.items())):
+        axis = axes.flat[index]
         for label, curves in sorted(labels.items()):
-            # Seeds are compared on the steps that all of them reached.
-            end = min(steps[-1] for steps, _ in curves)
-            start = max(steps[0] for steps, _ in curves)
-            grid = np.linspace(start, end, POINTS) if end > start else np.array([end])
-            table = np.stack([np.interp(grid, steps, returns) for steps, returns in curves])
-            mean = table.mean(axis=0)
-            bounds = np.array([bootstrap_ci(column) for column in table.T])
+            grid, mean, bounds = mean_curve(curves)
             axis.plot(grid, mean, label=f"{label} ({len(curves)} seed{'s' if len(curves) != 1 else ''})")
             axis.fill_between(grid, bounds[:, 0], bounds[:, 1], alpha=0.25)
             for step, m, (low, high) in zip(grid, mean, bounds, strict=True):
@@ -96,9 +94,32 @@ def compare_runs(paths: list[str | Path], out: str | Path, source: str = "train"
         axis.set_xlabel("environment steps")
         axis.set_ylabel("episode return" + (" (evaluation)" if source == "eval" else " (training)"))
         axis.legend()
+    for axis in axes.flat[len(groups) :]:
+        axis.set_visible(False)
     figure.tight_layout()
-    figure.savefig(out / "curves.png", dpi=120)
+    figure.savefig(path, dpi=120)
     plt.close(figure)
+    return rows
+
+
+def compare_runs(paths: list[str | Path], out: str | Path, source: str = "train") -> dict[str, Any]:
+    """Group runs by environment and label (``rims_rl.agents.runs.run_label``); write ``curves.png`` and
+    ``curves.csv``."""
+    if source not in ("train", "eval"):
+        raise ConfigError(f"--source must be train or eval, got {source!r}")
+    groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run_dir in find_runs(paths):
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        steps, returns = learning_curve(run_dir, source)
+        if len(steps):
+            label = run_label(config)
+            groups[env_name(config["env"]["id"])][label].append((steps, returns))
+    if not groups:
+        raise ConfigError(f"the runs have no {source} learning curves yet")
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = plot_curves(groups, out / "curves.png", source)
     with (out / "curves.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["env", "run", "seeds", "step", "mean_return", "ci95_low", "ci95_high"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from rims_rl.agents.evaluate import bootstrap_ci, evaluate_run
-from rims_rl.agents.train import resolve_config, resume, run_dir_for, train
+from rims_rl.agents.train import ensure_run, resolve_config, run_dir_for
 from rims_rl.envs import is_pickup_id
 
 from rims_rl.config import ConfigError
@@ -58,14 +58,8 @@ def run_distractors(
     rows = []
     for (policy, seed), config in configs.items():
         run_dir = run_dir_for(config)
-        if (run_dir / "model.zip").is_file():
-            log(f"{policy} seed {seed}: trained already ({run_dir})")
-        elif (run_dir / "checkpoints" / "latest.pt").is_file():
-            log(f"{policy} seed {seed}: resuming {run_dir}")
-            resume(run_dir, total_steps=config["total_steps"])
-        else:
-            log(f"{policy} seed {seed}: training {config['total_steps']} steps -> {run_dir}")
-            train(config, run_dir)
+        log(f"{policy} seed {seed}: {config['total_steps']} steps in {run_dir}")
+        log(f"{policy} seed {seed}: {ensure_run(config, run_dir)}")
         for split in SPLITS:
             result = evaluate_run(run_dir, episodes=episodes, distractors=split)
             returns = np.asarray(result["returns"])

@@ -64,6 +64,8 @@ def load_imitation_config(path: str | Path, overrides=()) -> dict[str, Any]:
             _build_core(name, spec, 8)
         if config["bc"]["lr_decay"] not in ("linear", "none"):
             raise ValueError(f"bc.lr_decay must be linear or none, got {config['bc']['lr_decay']!r}")
+        if config["collect"]["action_noise"] < 0:
+            raise ValueError("collect.action_noise must be >= 0")
         if config["evaluate"]["joint_noise"] < 0:
             raise ValueError("evaluate.joint_noise must be >= 0")
         resolve_device(str(config["run"]["device"]))
@@ -124,9 +126,13 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
     return info
 
 
-def _expert_episodes(config: dict[str, Any], out: Path, episodes: int, render: bool = False, seed: int = 100):
-    """Play the saved expert deterministically; yield per episode its return and, with ``render``,
-    frames (T, 3, H, W) of the states it acted on, and its actions and rewards."""
+def _expert_episodes(
+    config: dict[str, Any], out: Path, episodes: int, render: bool = False, seed: int = 100, action_noise: float = 0.0
+):
+    """Play the saved expert; yield per episode its return and, with ``render``, frames (T, 3, H, W) of
+    the states it acted on, its actions and rewards. With ``action_noise``, the executed action is the
+    expert's plus Gaussian noise, while the recorded action stays the expert's own (DART, Laskey et al.
+    2017): the demonstrations then show how the expert recovers from small mistakes."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
@@ -141,14 +147,17 @@ def _expert_episodes(config: dict[str, Any], out: Path, episodes: int, render: b
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
+            noise = np.random.default_rng([seed, episode])
             frames, actions, rewards, done = [], [], [], False
             while not done:
                 if render:
                     frames.append(render_frame(env))
                 policy_obs = normalizer.normalize_obs(obs[None]) if normalizer is not None else obs[None]
                 action = model.predict(policy_obs, deterministic=config["collect"]["deterministic"])[0][0]
-                obs, reward, terminated, truncated, _ = env.step(action)
-                actions.append(np.clip(action, -1.0, 1.0))
+                action = np.clip(action, -1.0, 1.0)
+                executed = action + noise.normal(0.0, action_noise, action.shape) if action_noise else action
+                obs, reward, terminated, truncated, _ = env.step(np.clip(executed, -1.0, 1.0))
+                actions.append(action)
                 rewards.append(reward)
                 done = terminated or truncated
             yield {
@@ -179,7 +188,10 @@ def collect(config: dict[str, Any], out: Path, log: Callable[[str], None] = prin
         meta = load_dataset(out)[1]  # a corrupt dataset stops here with a clear error, untouched
         log(f"collect: done already ({meta['steps']} steps, expert return {meta['expert_return']:.0f})")
         return meta
-    episodes = list(_expert_episodes(config, out, config["collect"]["episodes"], render=True))
+    settings = config["collect"]
+    episodes = list(
+        _expert_episodes(config, out, settings["episodes"], render=True, action_noise=settings["action_noise"])
+    )
     frames = np.concatenate([e["frames"] for e in episodes])
     starts = np.concatenate([np.arange(len(e["actions"])) == 0 for e in episodes])
     temporary = data_path.with_suffix(".tmp.npz")
@@ -192,17 +204,23 @@ def collect(config: dict[str, Any], out: Path, log: Callable[[str], None] = prin
     )
     temporary.replace(data_path)
     returns = [e["return"] for e in episodes]
+    expert_info = json.loads((out / "expert" / "expert.json").read_text())
     meta = {
         "episodes": len(episodes),
         "steps": len(frames),
-        "expert_return": float(np.mean(returns)),
-        "expert_return_std": float(np.std(returns)),
+        "expert_return": expert_info["return_mean"],  # clean rollouts, measured by the expert stage
+        "demo_return": float(np.mean(returns)),  # the recorded episodes, with the action noise executed
+        "demo_return_std": float(np.std(returns)),
+        "action_noise": settings["action_noise"],
         "env": _env_kwargs(config),
         "sha256": _sha256(data_path),
     }
     meta_path.with_suffix(".tmp").write_text(json.dumps(meta, indent=2))
     meta_path.with_suffix(".tmp").replace(meta_path)
-    log(f"collect: {meta['steps']} steps from {meta['episodes']} episodes, expert return {meta['expert_return']:.0f}")
+    log(
+        f"collect: {meta['steps']} steps from {meta['episodes']} episodes; return {meta['demo_return']:.0f} with "
+        f"action noise {meta['action_noise']:g} (expert alone {meta['expert_return']:.0f})"
+    )
     return meta
 
 

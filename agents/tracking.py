@@ -2,7 +2,8 @@
 
 SB3 metrics reach wandb through TensorBoard syncing (``sync_tensorboard``), so ``wandb.init`` runs
 before SB3 creates its TensorBoard writer. Runs of one environment share a wandb group, and the
-run name is ``<algo>-<policy>-seed<N>``, so RIMs and LSTM curves of a game overlay in one view.
+run name is ``<label>-seed<N>`` (label ``<algo>-<policy>`` unless ``run.label`` names it), so RIMs
+and LSTM curves of a game overlay in one view.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rims_rl.agents.runs import run_label
 from rims_rl.envs import env_name
 from stable_baselines3.common.callbacks import BaseCallback
 
@@ -57,7 +59,7 @@ def start_tracking(config: dict[str, Any], run_dir: Path) -> Tracking | None:
         run = wandb.init(
             project=config["run"]["wandb_project"],
             group=env_name(config["env"]["id"]),
-            name=f"{config['algo']}-{config['policy']}-seed{config['run']['seed']}",
+            name=f"{run_label(config)}-seed{config['run']['seed']}",
             config=config,
             dir=str(run_dir),
             mode=wandb_mode(),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import io
 import random
+import re
 import signal
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 import yaml
 from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
+from rims_rl.agents.runs import run_dir_for, run_label
 from rims_rl.agents.tracking import start_tracking
-from rims_rl.envs import check_env_settings, env_name, make_env
+from rims_rl.envs import check_env_settings, make_env
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
@@ -37,7 +39,17 @@ from rims_rl.policies import LstmPolicy, RimsPolicy
 from rims_rl.rims import RIMs
 from rims_rl.utils import atomic_save, resolve_device
 
-__all__ = ["TrainingDiverged", "build_model", "parse_schedule", "resolve_config", "resume", "run_dir_for", "train"]
+__all__ = [
+    "TrainingDiverged",
+    "build_model",
+    "ensure_run",
+    "parse_schedule",
+    "resolve_config",
+    "resume",
+    "run_dir_for",
+    "run_label",
+    "train",
+]
 
 ALGORITHMS = {"ppo": RimsPPO, "a2c": RecurrentA2C}
 POLICIES = {"rims": RimsPolicy, "lstm": LstmPolicy}
@@ -59,6 +71,8 @@ RUN_KEYS = {
     "progress",
     "track",
     "wandb_project",
+    "label",
+    "init_from",
 }
 POLICY_KEYS = {"critic_core", "features_extractor", "net_arch", "ortho_init"}
 # Sections whose keys are keyword arguments of a class that checks them: --set may add keys there.
@@ -166,6 +180,11 @@ def check_config(config: dict[str, Any]) -> None:
         resolve_device(str(run["device"]))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    label = run["label"]
+    if label is not None and (not isinstance(label, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", label)):
+        raise ConfigError(f"run.label must be null or a name of letters, digits and _.+- only, got {label!r}")
+    if run["init_from"] is not None and not isinstance(run["init_from"], str):
+        raise ConfigError(f"run.init_from must be null or a model.zip or run folder path, got {run['init_from']!r}")
 
     algo_class = ALGORITHMS[config["algo"]]
     _check_kwargs(config["algo"], config[config["algo"]], algo_class)
@@ -198,12 +217,29 @@ def parse_schedule(section: str, key: str, value: Any):
     return value
 
 
-def run_dir_for(config: dict[str, Any]) -> Path:
-    """``<out>/<env>/<algo>-<policy>/seed<N>``."""
-    run = config["run"]
-    return (
-        Path(run["out"]) / env_name(config["env"]["id"]) / f"{config['algo']}-{config['policy']}" / f"seed{run['seed']}"
-    )
+def _model_file(path: str | Path) -> Path:
+    """A model.zip given directly or as the run folder holding it."""
+    path = Path(path)
+    model = path / "model.zip" if path.is_dir() else path
+    if not model.is_file():
+        raise ConfigError(f"run.init_from: no trained model at {path} (a model.zip, or a run folder holding one)")
+    return model
+
+
+def init_weights(model, path: str | Path) -> None:
+    """Start ``model``'s policy from the weights of the model saved at ``path`` (transfer, fine-tuning).
+
+    Only the policy's weights move: the optimizer, step counter and schedules start fresh. The two
+    policies must have the same shapes (same core sizes and action count).
+    """
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    _, params, _ = load_from_zip_file(_model_file(path), device=model.device)
+    try:
+        model.policy.load_state_dict(params["policy"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1].strip()
+        raise ConfigError(f"run.init_from: {path} does not fit this policy ({first})") from None
 
 
 # ------------------------------------------------------------------------------------- model
@@ -315,6 +351,8 @@ def train(config: dict[str, Any], run_dir: Path | None = None, resume_from: dict
     checkpoint = run_dir / "checkpoints" / "latest.pt"
     if resume_from is None and checkpoint.exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another seed")
+    if resume_from is None and run["init_from"] is not None:
+        _model_file(run["init_from"])  # fails before any environment starts
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -326,6 +364,8 @@ def train(config: dict[str, Any], run_dir: Path | None = None, resume_from: dict
             _set_rng_state(resume_from["rng"])
         else:
             model = build_model(config, env, device)
+            if run["init_from"] is not None:
+                init_weights(model, run["init_from"])
         tracking = start_tracking(config, run_dir) if run["track"] else None
         if resume_from is not None and (run_dir / "progress.csv").exists():
             # SB3's CSV logger truncates progress.csv: keep the earlier part beside it.
@@ -413,3 +453,23 @@ def resume(run_dir: str | Path, total_steps: int | None = None, overrides: Itera
     config = load_config(run_dir / "config.yaml", [*flags, *overrides], open_sections=OPEN_SECTIONS)
     check_config(config)
     return train(config, run_dir=run_dir, resume_from=saved)
+
+
+def ensure_run(config: dict[str, Any], run_dir: str | Path | None = None) -> str:
+    """Bring the run to completion, whatever state it is in: ``"done"`` if it has its final model
+    already, ``"resumed"`` if it continued from its checkpoint, ``"trained"`` if it started afresh.
+
+    What runners (sweeps, experiments) call: running it twice never trains anything twice.
+    """
+    run_dir = Path(run_dir or run_dir_for(config))
+    if (run_dir / "model.zip").is_file():
+        return "done"
+    if (run_dir / "checkpoints" / "latest.pt").is_file():
+        summary = resume(run_dir, total_steps=config["total_steps"])
+        status = "resumed"
+    else:
+        summary = train(config, run_dir)
+        status = "trained"
+    if summary["interrupted_by"] is not None:
+        raise KeyboardInterrupt(f"{run_dir}: stopped by signal {summary['interrupted_by']}; checkpoint saved")
+    return status

@@ -59,7 +59,8 @@ def env_kind(env_id: str) -> str:
 
         if env_id in gym.registry:
             return "minigrid"
-    if env_id in gym.registry and not env_id.startswith("ALE/"):
+    # ale-py registers "ALE/Pong-v5" and "PongNoFrameskip-v4" style ids once imported: still Atari games.
+    if env_id in gym.registry and "ale_py" not in str(gym.registry[env_id].entry_point):
         return "gym"
     try:
         atari_game(env_id)

@@ -104,6 +104,13 @@ def _visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_table(result: dict) -> int:
+    """An experiment's Markdown table, then where its files are."""
+    print(Path(result["md"]).read_text(), end="")
+    print(f"table: {result['md']}; rows: {result['csv']}")
+    return 0
+
+
 def _experiment(args: argparse.Namespace) -> int:
     from rims_rl.agents.distractors import run_distractors
 
@@ -116,9 +123,7 @@ def _experiment(args: argparse.Namespace) -> int:
         out=args.out,
         overrides=args.set,
     )
-    print(Path(result["md"]).read_text(), end="")
-    print(f"table: {result['md']}; rows: {result['csv']}")
-    return 0
+    return _show_table(result)
 
 
 def _imitation(args: argparse.Namespace) -> int:
@@ -132,6 +137,71 @@ def _imitation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transfer(args: argparse.Namespace) -> int:
+    from rims_rl.agents.transfer import load_transfer_config, run_transfer
+
+    config = load_transfer_config(
+        args.config,
+        training_overrides=args.set,
+        sources=args.sources,
+        targets=args.targets,
+        policies=args.policy,
+        seeds=args.seeds,
+        source_steps=args.source_steps,
+        target_steps=args.target_steps,
+    )
+    result = run_transfer(config, args.out, device=args.device)
+    return _show_table(result)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from rims_rl.agents.sweep import format_table, load_sweep, plan, run_sweep
+
+    if args.address and args.backend != "ray":
+        raise ConfigError("--address is for --backend ray")
+    sweep = load_sweep(args.config, args.set, out=args.out, device=args.device, workers=args.workers)
+    if args.dry_run:
+        print(plan(sweep))
+        return 0
+    result = run_sweep(sweep, backend=args.backend, address=args.address)
+    print(format_table(result["results"]))
+    print(f"summary: {result['json']} and {result['csv']}; logs: sweep.log in each run folder")
+    if result["interrupted"]:
+        print("rims-rl sweep: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 1 if result["failed"] else 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from rims_rl.agents.ablation import run_ablation
+    from rims_rl.agents.sweep import format_table
+
+    if args.address and args.backend != "ray":
+        raise ConfigError("--address is for --backend ray")
+    overrides = [*args.set, *([f"total_steps={args.total_steps}"] if args.total_steps else [])]
+    result = run_ablation(
+        args.config,
+        out=args.out,
+        games=args.games,
+        seeds=args.seeds,
+        all_active=args.all_active,
+        no_communication=args.no_communication,
+        overrides=overrides,
+        device=args.device,
+        workers=args.workers,
+        backend=args.backend,
+        address=args.address,
+        source=args.source,
+        track=args.track,
+    )
+    print(format_table(result["sweep"]["results"]))
+    print(f"grid: {result['file']}; report: {result['report']['md']}")
+    if result["sweep"]["interrupted"]:
+        print("rims-rl ablate: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 1 if result["sweep"]["failed"] else 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from rims_rl.agents.compare import compare_runs
 
@@ -139,6 +209,29 @@ def _compare(args: argparse.Namespace) -> int:
     for env, labels in result["groups"].items():
         print(f"{env}: {', '.join(labels)}")
     print(f"learning curves: {result['png']} and {result['csv']}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rims_rl.agents.report import write_report
+
+    result = write_report(
+        args.runs,
+        args.out,
+        source=args.source,
+        baseline=args.baseline,
+        track=args.track,
+        reps=args.reps,
+        seed=args.seed,
+        wandb_project=args.wandb_project,
+    )
+    for note in result["notes"]:
+        print(f"note: {note}")
+    figures = [result[name] for name in ("curves", "improvement", "aggregates", "profiles") if name in result]
+    print(f"figures: {', '.join(figures)}")
+    print(f"table: {result['md']}; rows: {result['csv']}")
+    if result["wandb"]:
+        print(f"wandb: {result['wandb']}")
     return 0
 
 
@@ -263,6 +356,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imitation.set_defaults(handler=_imitation)
 
+    transfer = commands.add_parser(
+        "transfer",
+        help="pre-train on source Atari games, fine-tune on targets, compare with training from scratch",
+        description="Paper App. C.12.1: one agent per policy and seed trained on the sources in turn, fine-tuned on "
+        "each target; the same budget from scratch is the baseline. All stages use the full 18-action set. Writes "
+        "results.csv / results.md (per-game transfer and the count of positive-transfer games). Finished runs are "
+        "reused, unfinished ones resumed.",
+    )
+    transfer.add_argument(
+        "--config", default="atari/transfer.yaml", help="transfer YAML, file or packaged (default: %(default)s)"
+    )
+    transfer.add_argument("--sources", nargs="+", metavar="GAME", help="source games, trained in this order")
+    transfer.add_argument("--targets", nargs="+", metavar="GAME", help="target games")
+    transfer.add_argument("--policy", nargs="+", choices=["rims", "lstm"], help="cores to compare (default: both)")
+    transfer.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
+    transfer.add_argument("--source-steps", type=int, help="training steps per source game")
+    transfer.add_argument("--target-steps", type=int, help="steps per target game, fine-tuned and from scratch")
+    transfer.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the config's)")
+    transfer.add_argument("--out", default="runs/experiments/transfer", help="output folder (default: %(default)s)")
+    transfer.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training-config value for every stage, e.g. --set ppo.n_steps=64 (repeatable)",
+    )
+    transfer.set_defaults(handler=_transfer)
+
     compare = commands.add_parser(
         "compare",
         help="learning curves (mean and 95%% CI across seeds) of runs, e.g. RIMs vs LSTM",
@@ -279,6 +400,109 @@ def build_parser() -> argparse.ArgumentParser:
         help="training episode returns (progress.csv) or periodic evaluations (default: %(default)s)",
     )
     compare.set_defaults(handler=_compare)
+
+    report = commands.add_parser(
+        "report",
+        help="multi-seed report: per-game curves and scores with CIs, improvement over the LSTM, IQM and "
+        "performance profiles of human-normalised Atari scores",
+        description="Group runs by game and label; write curves.png, improvement.png, aggregates.png and "
+        "profiles.png (rliable, human-normalised Atari scores), report.csv and report.md. A run scores the mean "
+        "of the last 10% of its evaluations (or training episodes); see docs/design.md, 'Reports'.",
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding them")
+    report.add_argument("--out", default="report", help="folder for the report's files (default: %(default)s)")
+    report.add_argument(
+        "--source",
+        choices=["train", "eval"],
+        default="eval",
+        help="score runs on periodic evaluations (evaluations.npz) or training episodes (progress.csv) "
+        "(default: %(default)s)",
+    )
+    report.add_argument(
+        "--baseline", metavar="LABEL", help="label to measure improvements against (default: the one containing lstm)"
+    )
+    report.add_argument(
+        "--reps",
+        type=int,
+        default=2000,
+        help="stratified-bootstrap resamples for the aggregates' and profiles' CIs (default: %(default)s)",
+    )
+    report.add_argument("--seed", type=int, default=0, help="seed of those bootstrap resamples (default: %(default)s)")
+    report.add_argument(
+        "--track", action="store_true", help="also log the figures and tables to wandb (offline unless a key is set)"
+    )
+    report.add_argument("--wandb-project", default="rims-rl", help="wandb project for --track (default: %(default)s)")
+    report.set_defaults(handler=_report)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="train a grid of runs (games x seeds x variants) in a local process pool or on Ray",
+        description="Expand a sweep file's grid and variants into training runs, check them all, then bring each "
+        "to completion: finished runs are skipped, unfinished ones resumed from their checkpoints, a failed run is "
+        "reported without stopping the others. Writes OUT/sweep.json and sweep.csv; exit code 1 if a run failed.",
+    )
+    sweep.add_argument(
+        "--config", required=True, help="sweep YAML: a file, or a packaged name such as sweeps/atari_rims_vs_lstm.yaml"
+    )
+    sweep.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local: a bounded process pool on this machine; ray: tasks on a Ray cluster (default: %(default)s)",
+    )
+    sweep.add_argument(
+        "--address",
+        help="with --backend ray: the cluster to join, e.g. auto or HOST:6379 (default: start a local Ray instance)",
+    )
+    sweep.add_argument("--workers", type=int, help="runs at a time (default: the sweep's workers, else one per core)")
+    sweep.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="torch device of every run (default: the config's)"
+    )
+    sweep.add_argument("--out", help="output root for the run folders and the summary (default: the sweep's out)")
+    sweep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training-config value in every run (repeatable)",
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="print the expanded grid and what each run would do")
+    sweep.set_defaults(handler=_sweep)
+
+    ablate = commands.add_parser(
+        "ablate",
+        help="RIMs vs RIMs without input attention vs LSTM (paper Fig. 25): a sweep, then one report",
+        description="Train the ablation grid (games x seeds x variants, identical PPO settings) as a sweep, then "
+        "write one report over its runs to OUT/report. The grid that ran is saved as OUT/ablation.yaml.",
+    )
+    ablate.add_argument(
+        "--config",
+        default="sweeps/atari_ablation.yaml",
+        help="ablation sweep YAML, file or packaged (default: %(default)s)",
+    )
+    ablate.add_argument("--games", nargs="+", metavar="GAME", help="environments (default: the file's env.id list)")
+    ablate.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's run.seed list)")
+    ablate.add_argument("--all-active", action="store_true", help="add the k_active = num_units variant")
+    ablate.add_argument("--no-communication", action="store_true", help="add the RIMs-without-communication variant")
+    ablate.add_argument("--total-steps", type=int, help="training steps per run (default: the training config's)")
+    ablate.add_argument(
+        "--backend", choices=["local", "ray"], default="local", help="where runs execute (default: %(default)s)"
+    )
+    ablate.add_argument("--address", help="with --backend ray: the cluster to join (default: a local Ray instance)")
+    ablate.add_argument("--workers", type=int, help="local backend: runs at a time (default: one per core)")
+    ablate.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the config's)")
+    ablate.add_argument("--out", help="output folder (default: the file's out)")
+    ablate.add_argument(
+        "--source",
+        choices=["eval", "train"],
+        default="eval",
+        help="report scores from periodic evaluations or training episodes (default: %(default)s)",
+    )
+    ablate.add_argument("--track", action="store_true", help="also send the report to wandb (offline without a key)")
+    ablate.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a training-config value (repeatable)"
+    )
+    ablate.set_defaults(handler=_ablate)
     return parser
 
 

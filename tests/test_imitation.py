@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -115,7 +117,10 @@ def test_dataset_round_trip_and_corruption(pipeline):
     assert data["frames"].shape == (80, 3, 64, 64) and data["frames"].dtype == np.uint8
     assert data["actions"].shape == (80, 6) and np.abs(data["actions"]).max() <= 1.0
     assert data["episode_starts"].nonzero()[0].tolist() == [0, 40]
-    assert meta["expert_return"] == pytest.approx(data["rewards"].sum() / 2, rel=1e-4)
+    assert meta["demo_return"] == pytest.approx(data["rewards"].sum() / 2, rel=1e-4)
+    assert meta["expert_return"] == pytest.approx(
+        json.loads((out / "expert" / "expert.json").read_text())["return_mean"]
+    )
     assert collect(config, out, log=quiet) == meta  # a valid dataset is kept
 
     corrupt = out.parent / "corrupt"
@@ -129,6 +134,23 @@ def test_dataset_round_trip_and_corruption(pipeline):
     with pytest.raises(ConfigError, match="corrupt"):
         collect(config, corrupt, log=quiet)  # refuses, and leaves the file as it was
     assert (corrupt / "dataset.npz").read_bytes() == bytes(raw)
+
+
+def test_action_noise_is_executed_but_the_expert_action_is_recorded(pipeline):
+    _, out = pipeline
+    recorded = {}
+    for noise in (0.0, 0.5):
+        folder = out.parent / f"noise{noise}"
+        folder.mkdir()
+        (folder / "expert").symlink_to(out / "expert")
+        noisy = load_imitation_config("mujoco/halfcheetah.yaml", [*TINY, f"collect.action_noise={noise}"])
+        collect(noisy, folder, log=quiet)
+        recorded[noise] = load_dataset(folder)[0]
+    clean, noisy = recorded[0.0], recorded[0.5]
+    # Same reset state, so the expert's first action is the same; the executed one was not.
+    np.testing.assert_array_equal(noisy["actions"][0], clean["actions"][0])
+    assert noisy["rewards"][0] != clean["rewards"][0]
+    assert not np.array_equal(noisy["frames"][5], clean["frames"][5])  # the noise moved the cheetah
 
 
 def test_bc_learns_checkpoints_and_resumes(pipeline):

@@ -228,4 +228,4 @@ def test_experiment_writes_table_and_plot(tmp_path):
     assert (out / "results.png").stat().st_size > 0
     # A second call reuses the finished runs instead of training again.
     again = cli("experiment-distractors", *args, *TINY[2:], timeout=600)
-    assert again.returncode == 0 and "trained already" in again.stdout
+    assert again.returncode == 0 and "rims seed 0: done" in again.stdout

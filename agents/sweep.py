@@ -1,0 +1,631 @@
+"""Sweeps: a grid of training runs (games x seeds x variants) brought to completion, locally or on Ray.
+
+A sweep file (YAML, e.g. ``configs/sweeps/atari_rims_vs_lstm.yaml``) names one training config and
+lists only what the sweep changes in it::
+
+    config: atari/ppo_rims.yaml          # base training config: a file, or a packaged name
+    out: runs/sweeps/atari_rims_vs_lstm  # run.out of every run; sweep.json / sweep.csv land here too
+    grid:                                # config key -> values; the sweep is their cartesian product
+      env.id: [Pong, Breakout]
+      run.seed: [0, 1, 2]
+    variants:                            # optional; name -> overrides. The name becomes run.label, so
+      rims: {}                           # each variant has its own folder and its own curve in reports
+      lstm: {policy: lstm}
+    overrides: {run.progress: false}     # optional; applied to every run
+    workers: null                        # optional; local backend: runs at a time (null: CPU cores)
+    gpus_per_run: 1                      # optional; Ray backend: GPUs per run when runs use a GPU
+
+Runs are the product grid x variants, in file order (variants innermost). A run's training config is
+the base config with, in order: ``overrides``, its grid values, its variant's overrides, the command
+line's ``--set``, then ``run.out``, ``run.label`` (the variant name) and ``--device``. A key may be set
+by only one of ``overrides``, ``grid`` and the variants (``--set`` may override anything except
+``run.out`` and ``run.label``, which the sweep owns). Everything is checked before any run starts: the
+file's keys and types, and every expanded config through ``resolve_config``; two runs that would share
+a folder (``<out>/<env>/<label>/seed<N>``) are an error too.
+
+Each run goes through :func:`run_one`: it skips a run that has its ``model.zip``, else starts a fresh
+Python process that calls ``ensure_run`` (resume from ``checkpoints/latest.pt``, or train from scratch),
+with its output appended to ``<run folder>/sweep.log`` and one torch/OMP thread. Re-running a sweep is
+therefore idempotent. A finished run is never extended: raising ``total_steps`` later does not touch
+runs that have their ``model.zip`` (``rims-rl train --resume`` does that), and a resumed run continues
+with the ``config.yaml`` saved in its folder, only ``total_steps`` taken from the sweep.
+
+Backends:
+
+- ``local`` (default): a pool of ``workers`` threads, each waiting on one run's child process. A child
+  process per run, rather than a ``ProcessPoolExecutor``, because a run that crashes hard (out of
+  memory, a segfault in an environment) would break such a pool and fail every run queued behind it;
+  here it fails alone. Runs on ``cuda`` share the machine's GPU (lower ``workers`` if memory is short).
+- ``ray``: the same :func:`run_one` as Ray tasks (``num_cpus=1``; ``num_gpus=gpus_per_run`` for runs
+  whose device is ``cuda``, or ``auto`` on a cluster with GPUs, since Ray hides GPUs from tasks that
+  ask for none). ``ray.init(address)`` joins a cluster (``workers`` is then unused: Ray schedules by
+  the cluster's CPUs), else a local instance with ``workers`` CPUs is started. On a cluster every node
+  needs rims-rl installed at the driver's Python path and the driver's working directory on shared
+  storage (run folders are plain files).
+
+Ctrl-C or SIGTERM stops a sweep on either backend: running runs save a checkpoint and stop (status
+``interrupted``), queued runs do not start, exit code 130, and the same command resumes them. A run
+process whose runner dies (a killed sweep, a lost Ray worker) gets SIGTERM too, so no run trains on
+unattended.
+
+At the end, ``<out>/sweep.json`` and ``sweep.csv`` hold each run's status (``done``: finished before,
+``resumed``, ``trained``, ``failed`` with the error's last line, ``interrupted``, ``not started``),
+time and folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rims_rl.agents.runs import run_dir_for
+
+from rims_rl.config import ConfigError, resolve_config_path
+
+__all__ = [
+    "Sweep",
+    "SweepRun",
+    "format_table",
+    "load_sweep",
+    "plan",
+    "run_one",
+    "run_sweep",
+]
+
+SWEEP_KEYS = ("config", "out", "grid", "variants", "overrides", "workers", "gpus_per_run")
+REQUIRED_KEYS = ("config", "out", "grid")
+# The sweep decides these for every run: the output root and, through the variant's name, the label.
+RESERVED_KEYS = ("run.out", "run.label")
+LABEL_PATTERN = r"[A-Za-z0-9_.+-]+"  # what check_config accepts as run.label
+LOG_NAME = "sweep.log"
+# Ray backend: created in the sweep's out by an interrupted driver; every task then stops its run.
+STOP_NAME = "sweep.stop"
+# The child process's last line: "<RESULT_MARK><status>[: <message>]", read back from the log.
+RESULT_MARK = "rims-rl sweep result: "
+STATUSES = ("done", "resumed", "trained", "failed", "interrupted", "not started")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep: its checked training config and where it lives."""
+
+    name: str  # the run folder relative to the sweep's out: <env>/<label>/seed<N>
+    run_dir: str  # absolute, so that a Ray worker with another working directory finds it
+    config: dict[str, Any]
+    settings: dict[str, Any]  # what distinguishes it: its grid values and variant
+    cwd: str  # the driver's working directory: relative paths in the config are relative to it
+
+
+@dataclass
+class Sweep:
+    """A checked, expanded sweep file."""
+
+    path: str
+    out: str
+    runs: list[SweepRun]
+    grid: dict[str, list[Any]]
+    variants: dict[str, dict[str, Any]]
+    workers: int
+    gpus_per_run: float = 1.0
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _override(key: str, value: Any) -> str:
+    # JSON is valid YAML, and load_config parses override values as YAML: values keep their types.
+    return f"{key}={json.dumps(value)}"
+
+
+def _mapping(where: str, value: Any, *, allow_none: bool = False) -> dict:
+    if value is None and allow_none:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of config keys to values, got {value!r}")
+    for key in value:
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{where}: keys must be config keys such as env.id, got {key!r}")
+    return value
+
+
+def _split_set(items: Iterable[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        pairs.append((key, item))
+    return pairs
+
+
+def load_sweep(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    out: str | Path | None = None,
+    device: str | None = None,
+    workers: int | None = None,
+) -> Sweep:
+    """Read, check and expand a sweep file; raises ``ConfigError`` (one line) before anything runs.
+
+    Args:
+        path: the sweep YAML, a file or a packaged name such as ``sweeps/atari_rims_vs_lstm.yaml``.
+        overrides: ``key=value`` strings applied to every run's training config after the sweep's own.
+        out: replaces the file's ``out``.
+        device: ``auto``, ``cpu`` or ``cuda``: every run's ``run.device``.
+        workers: replaces the file's ``workers`` (local backend).
+    """
+    file = resolve_config_path(path)
+    try:
+        spec = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ConfigError(f"{file}: not valid YAML: {first}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{file}: a sweep file is a mapping with keys {', '.join(SWEEP_KEYS)}")
+    unknown = sorted(set(spec) - set(SWEEP_KEYS), key=str)
+    if unknown:
+        raise ConfigError(f"{file}: unknown sweep keys {', '.join(map(str, unknown))}; known: {', '.join(SWEEP_KEYS)}")
+    missing = [key for key in REQUIRED_KEYS if key not in spec and not (key == "out" and out is not None)]
+    if missing:
+        raise ConfigError(f"{file}: the sweep lacks {', '.join(missing)}")
+
+    base = spec["config"]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{file}: config must name a training config file, got {base!r}")
+    root = str(out) if out is not None else spec["out"]
+    if not isinstance(root, str) or not root:
+        raise ConfigError(f"{file}: out must be a folder path, got {root!r}")
+
+    grid = _mapping(f"{file}: grid", spec["grid"])
+    if not grid:
+        raise ConfigError(f"{file}: grid is empty; give at least one config key and its values, e.g. run.seed: [0]")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{file}: grid.{key} must be a non-empty list of values, got {values!r}")
+    if "variants" in spec:
+        variants_spec = spec["variants"]
+        if not isinstance(variants_spec, dict):
+            raise ConfigError(f"{file}: variants must map variant names to overrides, got {variants_spec!r}")
+        if not variants_spec:
+            raise ConfigError(f"{file}: variants is empty; leave it out for a single unnamed variant")
+        variants: dict[str, dict[str, Any]] = {}
+        for name, settings in variants_spec.items():
+            if not isinstance(name, str) or not re.fullmatch(LABEL_PATTERN, name):
+                raise ConfigError(f"{file}: variant name {name!r} names run folders: use letters, digits and _.+- only")
+            variants[name] = _mapping(f"{file}: variants.{name}", settings, allow_none=True)
+    else:
+        variants = {}
+    common = _mapping(f"{file}: overrides", spec.get("overrides"), allow_none=True)
+
+    workers = spec.get("workers") if workers is None else workers
+    if workers is None:
+        workers = _cpu_count()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"{file}: workers must be a positive integer or null (one per CPU core), got {workers!r}")
+    gpus = spec.get("gpus_per_run", 1)
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not gpus > 0:
+        raise ConfigError(f"{file}: gpus_per_run must be a positive number (a fraction shares a GPU), got {gpus!r}")
+
+    # Each key in one place: a grid key also set by a variant or by overrides would be ambiguous.
+    cli_set = _split_set(overrides)
+    owners: dict[str, str] = {}
+    sources = [("overrides", common), ("grid", grid)] + [(f"variants.{n}", s) for n, s in variants.items()]
+    for source, settings in sources:
+        for key in settings:
+            if key in RESERVED_KEYS:
+                raise ConfigError(f"{file}: {source} sets {key}, which the sweep sets (out, variant names)")
+            other = owners.get(key)
+            if other is not None and not (other.startswith("variants.") and source.startswith("variants.")):
+                raise ConfigError(f"{file}: {key} is set by both {other} and {source}; set it in one place")
+            owners[key] = source
+    for key, _ in cli_set:
+        if key in RESERVED_KEYS:
+            raise ConfigError(f"--set {key}: the sweep sets it (use --out, or name variants in the sweep file)")
+
+    from rims_rl.agents.train import resolve_config
+
+    cwd = os.getcwd()
+    runs: list[SweepRun] = []
+    folders: dict[Path, str] = {}
+    common_items = [_override(k, v) for k, v in common.items()]
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values, strict=True))
+        for variant in variants or [None]:
+            settings = {**point, **({"variant": variant} if variant is not None else {})}
+            items = [
+                *common_items,
+                *(_override(k, v) for k, v in point.items()),
+                *(_override(k, v) for k, v in (variants[variant] if variant is not None else {}).items()),
+                *(item for _, item in cli_set),
+                _override("run.out", root),
+                *([_override("run.label", variant)] if variant is not None else []),
+                *([_override("run.device", device)] if device is not None else []),
+            ]
+            described = ", ".join(f"{k}={v}" for k, v in settings.items())
+            try:
+                config = resolve_config(base, items)
+            except ConfigError as error:
+                raise ConfigError(f"{file}: run {described}: {error}") from None
+            folder = run_dir_for(config)
+            if folder in folders:
+                raise ConfigError(
+                    f"{file}: runs {folders[folder]} and {described} would share the folder {folder}; "
+                    "tell them apart with variants (their names label the folders)"
+                )
+            folders[folder] = described
+            runs.append(
+                SweepRun(
+                    name=folder.relative_to(root).as_posix(),
+                    run_dir=os.path.abspath(folder),
+                    config=config,
+                    settings=settings,
+                    cwd=cwd,
+                )
+            )
+    return Sweep(
+        path=str(file), out=root, runs=runs, grid=grid, variants=variants, workers=workers, gpus_per_run=float(gpus)
+    )
+
+
+def run_state(run: SweepRun) -> str:
+    """What running ``run`` now would do: ``done`` (skip), ``resume`` or ``train``."""
+    folder = Path(run.run_dir)
+    if (folder / "model.zip").is_file():
+        return "done"
+    return "resume" if (folder / "checkpoints" / "latest.pt").is_file() else "train"
+
+
+def plan(sweep: Sweep) -> str:
+    """The expanded grid, one line per run with what a sweep would do with it (``--dry-run``)."""
+    shape = [f"{len(values)} {key}" for key, values in sweep.grid.items()]
+    if sweep.variants:
+        shape.append(f"{len(sweep.variants)} variants")
+    lines = [f"{len(sweep.runs)} runs ({' x '.join(shape)}) in {sweep.out}"]
+    width = max(len(run.name) for run in sweep.runs)
+    for run in sweep.runs:
+        described = " ".join(f"{k}={v}" for k, v in run.settings.items())
+        lines.append(f"  {run.name:<{width}}  {run_state(run):<6}  {described}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- one run
+
+
+def _result(run: SweepRun, status: str, seconds: float, error: str | None = None) -> dict[str, Any]:
+    return {
+        "run": run.name,
+        "status": status,
+        "seconds": round(seconds, 1),
+        "error": error,
+        "run_dir": run.run_dir,
+        "log": str(Path(run.run_dir) / LOG_NAME),
+        "settings": run.settings,
+    }
+
+
+def _last_lines(path: Path, start: int) -> list[str]:
+    with open(path, "rb") as handle:
+        handle.seek(max(start, os.path.getsize(path) - 16_384))
+        text = handle.read().decode("utf-8", errors="replace")
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
+def run_one(run: SweepRun, stop: threading.Event | None = None, stop_file: str | None = None) -> dict[str, Any]:
+    """Bring one run to completion in a child process; never raises for a failed run.
+
+    Returns its result row (``status``: done, resumed, trained, failed, interrupted or not started).
+    The child's output is appended to ``<run folder>/sweep.log``. Once ``stop`` is set or ``stop_file``
+    exists (or this call is interrupted), the child gets SIGTERM: it saves a checkpoint and stops; a run
+    not started yet is not started. The local backend calls this in threads, the Ray backend as tasks.
+    """
+
+    def stopping() -> bool:
+        return (stop is not None and stop.is_set()) or (stop_file is not None and os.path.exists(stop_file))
+
+    started = time.monotonic()
+    folder = Path(run.run_dir)
+    if (folder / "model.zip").is_file():  # spares a child process its imports
+        return _result(run, "done", 0.0)
+    if stopping():
+        return _result(run, "not started", 0.0)
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / LOG_NAME
+    environment = {
+        **os.environ,
+        # One thread per run: a sweep runs one run per core, and small-batch RL gains little from more.
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",  # keeps stdout and a traceback on stderr in order in the log
+    }
+    payload = json.dumps({"config": run.config, "run_dir": run.run_dir, "parent": os.getpid()})
+    with open(log_path, "a") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} rims-rl sweep: {run.name} ===\n")
+        log.flush()
+        start = log.tell()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "rims_rl.agents.sweep"],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=run.cwd,
+            env=environment,
+            text=True,
+        )
+        try:
+            try:
+                child.stdin.write(payload)
+                child.stdin.close()
+            except BrokenPipeError:  # the child died at once; its log says why
+                pass
+            signalled = False
+            while True:
+                try:
+                    code = child.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if not signalled and stopping():
+                        child.send_signal(signal.SIGTERM)
+                        signalled = True
+        except BaseException:
+            # Interrupted (Ray's cancel, Ctrl-C in a caller): the child checkpoints, then we go.
+            child.send_signal(signal.SIGTERM)
+            child.wait()
+            raise
+    seconds = time.monotonic() - started
+    lines = _last_lines(log_path, start)
+    reported = next((line[len(RESULT_MARK) :] for line in reversed(lines) if line.startswith(RESULT_MARK)), None)
+    if reported is not None:
+        status, _, message = reported.partition(": ")
+        if status in STATUSES:
+            return _result(run, status, seconds, message or None)
+    if code in (-signal.SIGTERM, -signal.SIGINT, 130):
+        return _result(run, "interrupted", seconds, f"stopped by signal before training started (exit {code})")
+    last = lines[-1] if lines else "no output"
+    return _result(run, "failed", seconds, f"exit code {code}: {last}")
+
+
+def _stop_with_parent(parent: int) -> None:
+    """SIGTERM this process (checkpoint, then stop) when the process that started it dies.
+
+    A run must not outlive its runner: a Ray worker that is killed (a cancelled task, a lost node) would
+    otherwise leave it training into a folder that a retried task then trains into as well.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child_main() -> int:
+    """The child process of :func:`run_one`: the run's config as JSON on stdin, the result as the last line."""
+    payload = json.loads(sys.stdin.read())
+    _stop_with_parent(payload["parent"])
+    try:
+        from rims_rl.agents.train import ensure_run  # inside: Ctrl-C during the imports is an interruption too
+
+        status = ensure_run(payload["config"], payload["run_dir"])
+    except KeyboardInterrupt as error:
+        print(f"{RESULT_MARK}interrupted: {error or 'stopped; the last checkpoint is kept'}", flush=True)
+        return 130
+    except Exception as error:
+        traceback.print_exc()
+        lines = str(error).strip().splitlines()
+        message = f"{type(error).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+        print(f"{RESULT_MARK}failed: {message}", flush=True)
+        return 1
+    print(f"{RESULT_MARK}{status}", flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------- backends
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _progress(result: dict[str, Any], finished: int, total: int) -> str:
+    note = f": {result['error']}" if result["error"] else ""
+    return f"[{finished}/{total}] {result['run']}: {result['status']} ({result['seconds']:.0f}s){note}"
+
+
+def _run_local(sweep: Sweep, log: Callable[[str], None]) -> tuple[list[dict[str, Any]], bool]:
+    stop = threading.Event()
+    results: dict[int, dict[str, Any]] = {}
+    interrupted = False
+    with ThreadPoolExecutor(max_workers=min(sweep.workers, len(sweep.runs))) as pool:
+        futures = {pool.submit(run_one, run, stop): index for index, run in enumerate(sweep.runs)}
+        try:
+            for future in as_completed(futures):
+                index = futures[future]
+                results[index] = _outcome(future, sweep.runs[index])
+                log(_progress(results[index], len(results), len(sweep.runs)))
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()
+            log("interrupted: running runs save a checkpoint and stop; queued runs do not start")
+            for future, index in futures.items():
+                if index not in results:
+                    results[index] = _outcome(future, sweep.runs[index])  # quick once stop is set
+    return [results[index] for index in range(len(sweep.runs))], interrupted
+
+
+def _outcome(future: Future, run: SweepRun) -> dict[str, Any]:
+    try:
+        return future.result()
+    except Exception as error:  # run_one itself failed (an unwritable run folder, ...): that run fails alone
+        return _result(run, "failed", 0.0, f"{type(error).__name__}: {error}")
+
+
+def _ray_module():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray: install the ray extra: pip install -e '.[ray]' (or make test-ray)") from None
+    return ray
+
+
+def _run_ray(sweep: Sweep, address: str | None, log: Callable[[str], None]) -> tuple[list[dict[str, Any]], bool]:
+    ray = _ray_module()
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, include_dashboard=False)
+        else:
+            ray.init(num_cpus=sweep.workers, include_dashboard=False)
+        if threading.current_thread() is threading.main_thread():
+            # ray.init installs a SIGTERM handler that exits at once: stop the way Ctrl-C does instead.
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        requests = []
+        for run in sweep.runs:
+            device = str(run.config["run"]["device"])
+            if device.startswith("cuda") and not cluster_gpus:
+                raise ConfigError(f"run {run.name}: run.device is {device}, but the Ray cluster has no GPUs")
+            wants_gpu = device.startswith("cuda") or (device == "auto" and cluster_gpus > 0)
+            requests.append(sweep.gpus_per_run if wants_gpu else 0)
+        stop_file = Path(sweep.out).resolve() / STOP_NAME
+        stop_file.unlink(missing_ok=True)  # left by an earlier sweep that was stopped
+        # Ray's default retries cover a lost worker or node; a run that raises is reported, not retried.
+        task = ray.remote(num_cpus=1)(run_one)
+        pending = {
+            task.options(num_gpus=gpus).remote(run, None, str(stop_file)): index
+            for index, (run, gpus) in enumerate(zip(sweep.runs, requests, strict=True))
+        }
+        results: dict[int, dict[str, Any]] = {}
+        interrupted = False
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(ready[0])
+                results[index] = _ray_result(ray, ready[0], sweep.runs[index])
+                log(_progress(results[index], len(results), len(sweep.runs)))
+        except KeyboardInterrupt:
+            interrupted = True
+            log("interrupted: running runs save a checkpoint and stop; queued runs do not start")
+            # Ray's cancel does not reach a task that waits on its run process, and a forced one kills the
+            # run without a checkpoint. The stop file tells every task to stop its run (SIGTERM) or not
+            # start it, as the local backend's event does.
+            stop_file.parent.mkdir(parents=True, exist_ok=True)
+            stop_file.touch()
+            for ref, index in pending.items():
+                results[index] = _ray_result(ray, ref, sweep.runs[index], cancelled=True)
+            stop_file.unlink(missing_ok=True)
+        return [results[index] for index in range(len(sweep.runs))], interrupted
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_result(ray, ref, run: SweepRun, cancelled: bool = False) -> dict[str, Any]:
+    try:
+        return ray.get(ref)
+    except Exception as error:  # the task itself failed (cancelled, worker lost, ...), not the training run
+        if cancelled:
+            return _result(run, "interrupted", 0.0, f"{type(error).__name__}; its last checkpoint is kept")
+        lines = str(error).strip().splitlines()
+        return _result(run, "failed", 0.0, f"{type(error).__name__}: {lines[-1] if lines else ''}")
+
+
+# ------------------------------------------------------------------------------------- summary
+
+
+def format_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """Each run's folder, status, time and error, as an aligned text table with a count line."""
+    width = max([len("run"), *(len(r["run"]) for r in results)])
+    lines = [f"{'run':<{width}}  {'status':<11}  {'time':>6}  error", "-" * (width + 30)]
+    for r in results:
+        lines.append(f"{r['run']:<{width}}  {r['status']:<11}  {r['seconds']:>5.0f}s  {r['error'] or ''}".rstrip())
+    counts = {status: sum(r["status"] == status for r in results) for status in STATUSES}
+    lines.append(f"{len(results)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n))
+    return "\n".join(lines)
+
+
+def _write_summary(sweep: Sweep, results: list[dict[str, Any]], backend: str) -> tuple[Path, Path]:
+    out = Path(sweep.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "sweep": sweep.path,
+        "backend": backend,
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "counts": {status: sum(r["status"] == status for r in results) for status in STATUSES},
+        "runs": results,
+    }
+    json_path, csv_path = out / "sweep.json", out / "sweep.csv"
+    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    keys = list(dict.fromkeys(key for r in results for key in r["settings"]))
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["run", *keys, "status", "seconds", "error", "run_dir", "log"])
+        for r in results:
+            settings = [r["settings"].get(key, "") for key in keys]
+            writer.writerow([r["run"], *settings, r["status"], r["seconds"], r["error"] or "", r["run_dir"], r["log"]])
+    return json_path, csv_path
+
+
+def run_sweep(
+    sweep: Sweep, backend: str = "local", address: str | None = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run every run of ``sweep`` (``local`` process pool or ``ray``) and write sweep.json / sweep.csv.
+
+    Returns ``{"results": rows in grid order, "failed": count, "interrupted": bool, "json", "csv"}``.
+    Ctrl-C or SIGTERM stops the sweep after the running runs have saved a checkpoint.
+    """
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"backend must be local or ray, got {backend!r}")
+    if address and backend != "ray":
+        raise ConfigError("--address is for --backend ray")
+    if backend == "ray":
+        _ray_module()  # fail before anything starts
+    log(f"sweep {sweep.path}: {len(sweep.runs)} runs in {sweep.out}, backend {backend}")
+    in_main = threading.current_thread() is threading.main_thread()
+    # SIGTERM (a scheduler's stop) stops the sweep the way Ctrl-C does: checkpoints first.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    try:
+        if backend == "local":
+            results, interrupted = _run_local(sweep, log)
+        else:
+            results, interrupted = _run_ray(sweep, address, log)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+    json_path, csv_path = _write_summary(sweep, results, backend)
+    return {
+        "results": results,
+        "failed": sum(r["status"] == "failed" for r in results),
+        "interrupted": interrupted,
+        "json": str(json_path),
+        "csv": str(csv_path),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())
