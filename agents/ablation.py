@@ -76,15 +76,18 @@ def run_ablation(
         spec["out"] = str(out)
     out = Path(spec["out"])
     effective = out / "ablation.yaml"
-    effective.parent.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     effective.write_text(
         "# Written by rims-rl ablate: the grid it ran; rims-rl sweep --config <this file> reruns it.\n"
         + yaml.safe_dump(spec, sort_keys=False)
     )
     try:  # every run's config is checked here, before anything trains
         sweep = load_sweep(effective, overrides, device=device, workers=workers)
-    except ConfigError:
+    except ConfigError:  # bad input leaves nothing behind
         effective.unlink()
+        if created:
+            out.rmdir()
         raise
     result = run_sweep(sweep, backend=backend, address=address, log=log)
     report = write_report([out], out / "report", source=source, track=track)

@@ -16,7 +16,8 @@ def _copying(args: argparse.Namespace) -> int:
     from rims_rl.agents.copying import format_table, run_copying
 
     # Model settings are keyword arguments of the core: RIMs checks them itself.
-    config = load_config(args.config, args.set, open_sections=[f"models.{m}" for m in ("rims", "lstm")])
+    overrides = [*args.set, *([f"train.device={args.device}"] if args.device else [])]
+    config = load_config(args.config, overrides, open_sections=[f"models.{m}" for m in ("rims", "lstm")])
     if args.models:
         unknown = sorted(set(args.models) - set(config["models"]))
         if unknown:
@@ -121,7 +122,7 @@ def _experiment(args: argparse.Namespace) -> int:
         total_steps=args.total_steps,
         episodes=args.episodes,
         out=args.out,
-        overrides=args.set,
+        overrides=[*args.set, *([f"run.device={args.device}"] if args.device else [])],
     )
     return _show_table(result)
 
@@ -129,7 +130,7 @@ def _experiment(args: argparse.Namespace) -> int:
 def _imitation(args: argparse.Namespace) -> int:
     from rims_rl.agents.imitation import STAGES, load_imitation_config, run
 
-    config = load_imitation_config(args.config, args.set)
+    config = load_imitation_config(args.config, [*args.set, *([f"run.device={args.device}"] if args.device else [])])
     out = Path(args.out or config["run"]["out"])
     run(config, out, STAGES if args.stage == "run" else (args.stage,))
     if args.stage in ("run", "evaluate"):
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     copying.add_argument("--models", nargs="+", metavar="NAME", help="train only these entries of config 'models'")
     copying.add_argument("--out", default="runs/copying", help="output folder (default: %(default)s)")
     copying.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    copying.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the config's)")
     copying.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     copying.set_defaults(handler=_copying)
 
@@ -332,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument(
         "--episodes", type=int, default=200, help="evaluation episodes per run and split (default: %(default)s)"
     )
+    experiment.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the config's)")
     experiment.add_argument(
         "--out", default="runs/experiments/distractors", help="output folder (default: %(default)s)"
     )
@@ -351,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", default="mujoco/halfcheetah.yaml", help="YAML config, file or packaged (default: %(default)s)"
     )
     imitation.add_argument("--out", help="output folder (default: the config's run.out)")
+    imitation.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the config's)")
     imitation.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
     )

@@ -211,3 +211,22 @@ def test_atari_run_evaluates_full_games_and_records_video(tmp_path):
 
     gif = Image.open(tmp_path / "Pong" / "ppo-rims" / "seed0" / "videos" / "episode.gif")
     assert gif.n_frames > 50 and gif.size == (160, 210)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--config", "classic/cartpole.yaml"],
+        ["copying"],
+        ["experiment-distractors"],
+        ["imitation", "bc"],
+        ["transfer", "--sources", "Pong", "--targets", "Alien"],
+        ["ablate", "--games", "Pong"],
+        ["sweep", "--config", "sweeps/cartpole_ablations.yaml"],
+    ],
+)
+def test_every_runner_takes_device_cuda_and_refuses_it_without_a_gpu(command, tmp_path):
+    result = cli(*command, "--device", "cuda", "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, "no CUDA GPU is available")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
