@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 from rims_rl.agents.report import write_report
-from rims_rl.agents.sweep import load_sweep, run_sweep
+from rims_rl.agents.sweep import check_backend, load_sweep, run_sweep
 from rims_rl.agents.train import resolve_config
 
 from rims_rl.config import ConfigError, resolve_config_path
@@ -71,6 +71,7 @@ def run_ablation(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the ablation grid and write its report; returns the sweep's result and the report's files."""
+    check_backend(backend, address)
     spec = ablation_sweep(path, games=games, seeds=seeds, all_active=all_active, no_communication=no_communication)
     if out is not None:
         spec["out"] = str(out)

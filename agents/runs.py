@@ -7,7 +7,7 @@ from typing import Any
 
 from rims_rl.envs import env_name
 
-__all__ = ["run_dir_for", "run_label"]
+__all__ = ["run_dir_for", "run_label", "run_state"]
 
 
 def run_label(config: dict[str, Any]) -> str:
@@ -19,3 +19,12 @@ def run_dir_for(config: dict[str, Any]) -> Path:
     """``<out>/<env>/<label>/seed<N>``, the label being ``<algo>-<policy>`` unless ``run.label`` names it."""
     run = config["run"]
     return Path(run["out"]) / env_name(config["env"]["id"]) / run_label(config) / f"seed{run['seed']}"
+
+
+def run_state(run_dir: str | Path) -> str:
+    """What bringing the run in ``run_dir`` to completion means now: ``"done"`` (it has its final
+    model), ``"resume"`` (it has a checkpoint) or ``"train"`` (from scratch)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "model.zip").is_file():
+        return "done"
+    return "resume" if (run_dir / "checkpoints" / "latest.pt").is_file() else "train"

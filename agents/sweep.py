@@ -73,13 +73,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rims_rl.agents.runs import run_dir_for
+from rims_rl.agents.runs import run_dir_for, run_state
 
 from rims_rl.config import ConfigError, resolve_config_path
 
 __all__ = [
     "Sweep",
     "SweepRun",
+    "check_backend",
     "format_table",
     "load_sweep",
     "plan",
@@ -290,14 +291,6 @@ def load_sweep(
     )
 
 
-def run_state(run: SweepRun) -> str:
-    """What running ``run`` now would do: ``done`` (skip), ``resume`` or ``train``."""
-    folder = Path(run.run_dir)
-    if (folder / "model.zip").is_file():
-        return "done"
-    return "resume" if (folder / "checkpoints" / "latest.pt").is_file() else "train"
-
-
 def plan(sweep: Sweep) -> str:
     """The expanded grid, one line per run with what a sweep would do with it (``--dry-run``)."""
     shape = [f"{len(values)} {key}" for key, values in sweep.grid.items()]
@@ -307,7 +300,7 @@ def plan(sweep: Sweep) -> str:
     width = max(len(run.name) for run in sweep.runs)
     for run in sweep.runs:
         described = " ".join(f"{k}={v}" for k, v in run.settings.items())
-        lines.append(f"  {run.name:<{width}}  {run_state(run):<6}  {described}")
+        lines.append(f"  {run.name:<{width}}  {run_state(run.run_dir):<6}  {described}")
     return "\n".join(lines)
 
 
@@ -347,7 +340,7 @@ def run_one(run: SweepRun, stop: threading.Event | None = None, stop_file: str |
 
     started = time.monotonic()
     folder = Path(run.run_dir)
-    if (folder / "model.zip").is_file():  # spares a child process its imports
+    if run_state(folder) == "done":  # spares a child process its imports
         return _result(run, "done", 0.0)
     if stopping():
         return _result(run, "not started", 0.0)
@@ -591,6 +584,16 @@ def _write_summary(sweep: Sweep, results: list[dict[str, Any]], backend: str) ->
     return json_path, csv_path
 
 
+def check_backend(backend: str, address: str | None = None) -> None:
+    """``ConfigError`` (one line) unless the backend can run: before anything is written or started."""
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"backend must be local or ray, got {backend!r}")
+    if address and backend != "ray":
+        raise ConfigError("--address is for --backend ray")
+    if backend == "ray":
+        _ray_module()
+
+
 def run_sweep(
     sweep: Sweep, backend: str = "local", address: str | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -599,12 +602,7 @@ def run_sweep(
     Returns ``{"results": rows in grid order, "failed": count, "interrupted": bool, "json", "csv"}``.
     Ctrl-C or SIGTERM stops the sweep after the running runs have saved a checkpoint.
     """
-    if backend not in ("local", "ray"):
-        raise ConfigError(f"backend must be local or ray, got {backend!r}")
-    if address and backend != "ray":
-        raise ConfigError("--address is for --backend ray")
-    if backend == "ray":
-        _ray_module()  # fail before anything starts
+    check_backend(backend, address)
     log(f"sweep {sweep.path}: {len(sweep.runs)} runs in {sweep.out}, backend {backend}")
     in_main = threading.current_thread() is threading.main_thread()
     # SIGTERM (a scheduler's stop) stops the sweep the way Ctrl-C does: checkpoints first.

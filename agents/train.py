@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import yaml
 from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
-from rims_rl.agents.runs import run_dir_for, run_label
+from rims_rl.agents.runs import run_dir_for, run_label, run_state
 from rims_rl.agents.tracking import start_tracking
 from rims_rl.envs import check_env_settings, make_env
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
@@ -462,9 +462,10 @@ def ensure_run(config: dict[str, Any], run_dir: str | Path | None = None) -> str
     What runners (sweeps, experiments) call: running it twice never trains anything twice.
     """
     run_dir = Path(run_dir or run_dir_for(config))
-    if (run_dir / "model.zip").is_file():
+    state = run_state(run_dir)
+    if state == "done":
         return "done"
-    if (run_dir / "checkpoints" / "latest.pt").is_file():
+    if state == "resume":
         summary = resume(run_dir, total_steps=config["total_steps"])
         status = "resumed"
     else:

@@ -99,7 +99,10 @@ def plan_transfer(config: dict[str, Any], out: str | Path, device: str | None = 
         for seed in config["seeds"]:
             previous = None
             for game in config["sources"]:
-                resolved = _stage(config, runs_root, f"{algo}-{policy}-pretrain", game, policy, seed, previous, device)
+                label = f"{algo}-{policy}-pretrain"
+                resolved = _stage(
+                    config, runs_root, label, game, policy, seed, config["source_steps"], previous, device
+                )
                 plan.append(
                     {"policy": policy, "seed": seed, "stage": "pretrain", "game": env_name(game), "config": resolved}
                 )
@@ -107,7 +110,8 @@ def plan_transfer(config: dict[str, Any], out: str | Path, device: str | None = 
             for game in config["targets"]:
                 for stage, init_from in (("transfer", previous), ("scratch", None)):
                     label = f"{algo}-{policy}-{stage}"
-                    resolved = _stage(config, runs_root, label, game, policy, seed, init_from, device)
+                    steps = config["target_steps"]
+                    resolved = _stage(config, runs_root, label, game, policy, seed, steps, init_from, device)
                     plan.append(
                         {"policy": policy, "seed": seed, "stage": stage, "game": env_name(game), "config": resolved}
                     )
@@ -121,6 +125,7 @@ def _stage(
     game: str,
     policy: str,
     seed: int,
+    steps: int,
     init_from: Path | None,
     device: str | None,
 ) -> dict[str, Any]:
@@ -128,7 +133,6 @@ def _stage(
     overrides = [*config["set"], "env.full_action_space=true", f"run.out={runs_root}", f"run.label={label}"]
     if init_from is not None:
         overrides.append(f"run.init_from={init_from}")
-    steps = config["source_steps"] if label.endswith("pretrain") else config["target_steps"]
     return resolve_config(
         config["config"], overrides, env=game, policy=policy, seed=seed, total_steps=steps, device=device
     )

@@ -158,8 +158,6 @@ def _transfer(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from rims_rl.agents.sweep import format_table, load_sweep, plan, run_sweep
 
-    if args.address and args.backend != "ray":
-        raise ConfigError("--address is for --backend ray")
     sweep = load_sweep(args.config, args.set, out=args.out, device=args.device, workers=args.workers)
     if args.dry_run:
         print(plan(sweep))
@@ -177,8 +175,6 @@ def _ablate(args: argparse.Namespace) -> int:
     from rims_rl.agents.ablation import run_ablation
     from rims_rl.agents.sweep import format_table
 
-    if args.address and args.backend != "ray":
-        raise ConfigError("--address is for --backend ray")
     overrides = [*args.set, *([f"total_steps={args.total_steps}"] if args.total_steps else [])]
     result = run_ablation(
         args.config,
