@@ -2,7 +2,7 @@
 
 The whole pipeline, stage by stage, each writing into ``<out>/`` and skipped when its output exists:
 
-1. ``expert``: SB3 PPO on the state vector (rl-zoo's tuned settings, VecNormalize), saved with its
+1. ``expert``: SB3 PPO or SAC on the state vector (rl-zoo's tuned settings), saved with its
    evaluation return: ``expert/model.zip``, ``expert/vecnormalize.pkl``, ``expert/expert.json``.
 2. ``collect``: the expert's episodes, rendered: ``dataset.npz`` (frames, actions, rewards, episode
    starts) and ``dataset.json`` (expert return, env settings, sha256 of the npz; loading checks it).
@@ -37,6 +37,7 @@ from rims_rl.utils import atomic_save, resolve_device
 __all__ = ["STAGES", "CheetahPolicy", "collect", "evaluate", "expert", "load_dataset", "run", "train_bc"]
 
 STAGES = ("expert", "collect", "bc", "evaluate")
+EXPERTS = ("ppo", "sac")
 SECTIONS = {"env", "expert", "collect", "bc", "evaluate", "run"}
 
 
@@ -45,7 +46,7 @@ SECTIONS = {"env", "expert", "collect", "bc", "evaluate", "run"}
 
 def load_imitation_config(path: str | Path, overrides=()) -> dict[str, Any]:
     """The YAML config with overrides, checked before any stage starts."""
-    config = load_config(path, overrides, open_sections=("expert.ppo", "bc.models"))
+    config = load_config(path, overrides, open_sections=("expert.ppo", "expert.sac", "bc.models"))
     unknown = set(config) - SECTIONS
     missing = SECTIONS - set(config)
     if unknown or missing:
@@ -64,6 +65,8 @@ def load_imitation_config(path: str | Path, overrides=()) -> dict[str, Any]:
             _build_core(name, spec, 8)
         if config["bc"]["lr_decay"] not in ("linear", "none"):
             raise ValueError(f"bc.lr_decay must be linear or none, got {config['bc']['lr_decay']!r}")
+        if config["expert"]["algo"] not in EXPERTS:
+            raise ValueError(f"expert.algo must be one of {sorted(EXPERTS)}, got {config['expert']['algo']!r}")
         if config["collect"]["action_noise"] < 0:
             raise ValueError("collect.action_noise must be >= 0")
         if config["evaluate"]["joint_noise"] < 0:
@@ -83,9 +86,14 @@ def _env_kwargs(config: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- 1. expert
 
 
+def _expert_class(config: dict[str, Any]):
+    from stable_baselines3 import PPO, SAC
+
+    return {"ppo": PPO, "sac": SAC}[config["expert"]["algo"]]
+
+
 def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train the state-based PPO expert (or load it if ``out/expert`` is complete)."""
-    from stable_baselines3 import PPO
+    """Train the state-based expert, PPO or SAC (or load it if ``out/expert`` is complete)."""
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
@@ -94,20 +102,25 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
         info = json.loads((folder / "expert.json").read_text())
         log(f"expert: done already (return {info['return_mean']:.0f})")
         return info
-    settings = dict(config["expert"]["ppo"])
-    policy_kwargs = {
-        "log_std_init": settings.pop("log_std_init"),
-        "ortho_init": False,
-        "activation_fn": nn.ReLU,
-        "net_arch": {"pi": settings["net_arch"], "vf": settings.pop("net_arch")},
-    }
+    algo = config["expert"]["algo"]
+    settings = dict(config["expert"][algo])
+    policy_kwargs = {"net_arch": settings.pop("net_arch")}
+    if algo == "ppo":
+        policy_kwargs = {
+            "log_std_init": settings.pop("log_std_init"),
+            "ortho_init": False,
+            "activation_fn": nn.ReLU,
+            "net_arch": {"pi": policy_kwargs["net_arch"], "vf": policy_kwargs["net_arch"]},
+        }
     seed = config["run"]["seed"]
     env_kwargs = {**_env_kwargs(config), "pixels": False}
     env = make_vec_env(make_cheetah, n_envs=1, seed=seed, env_kwargs=env_kwargs)
     if config["expert"]["normalize"]:
         env = VecNormalize(env, gamma=settings["gamma"])
-    model = PPO("MlpPolicy", env, policy_kwargs=policy_kwargs, seed=seed, device="cpu", verbose=0, **settings)
-    log(f"expert: PPO on the state vector for {config['expert']['total_steps']} steps")
+    model = _expert_class(config)(
+        "MlpPolicy", env, policy_kwargs=policy_kwargs, seed=seed, device="cpu", verbose=0, **settings
+    )
+    log(f"expert: {algo.upper()} on the state vector for {config['expert']['total_steps']} steps")
     model.learn(config["expert"]["total_steps"], progress_bar=config["run"]["progress"])
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.zip")
@@ -116,6 +129,7 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
     env.close()
     returns = [episode["return"] for episode in _expert_episodes(config, out, config["expert"]["eval_episodes"])]
     info = {
+        "algo": algo,
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
         "steps": config["expert"]["total_steps"],
@@ -133,11 +147,10 @@ def _expert_episodes(
     the states it acted on, its actions and rewards. With ``action_noise``, the executed action is the
     expert's plus Gaussian noise, while the recorded action stays the expert's own (DART, Laskey et al.
     2017): the demonstrations then show how the expert recovers from small mistakes."""
-    from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     folder = out / "expert"
-    model = PPO.load(folder / "model.zip", device="cpu")
+    model = _expert_class(config).load(folder / "model.zip", device="cpu")
     normalizer = None
     if (folder / "vecnormalize.pkl").is_file():
         dummy = DummyVecEnv([lambda: make_cheetah(**{**_env_kwargs(config), "pixels": False})])

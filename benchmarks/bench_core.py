@@ -1,7 +1,8 @@
 """RIMs core speed against the fused ``nn.LSTM``, measured side by side in one run.
 
-Each shape times RIMs (6 units x 100, k_active 4) and ``nn.LSTM(600)`` on the same input, alternating
-the two so that machine noise hits both alike, and prints the median times and their ratio.
+Each shape times RIMs (6 units x 100, k_active 4, dropout off as in the RL configs) and
+``nn.LSTM(600)`` on the same input, alternating the two so that machine noise hits both alike, and
+prints the median times and their ratio.
 
     python benchmarks/bench_core.py [--repeats N] [--device cpu|cuda] [--output docs/bench.md]
 """
@@ -52,8 +53,10 @@ def measure(steps: int, batch: int, width: int, backward: bool, repeats: int, de
     x = torch.randn(steps, batch, width, device=device)
     models = {
         "lstm": nn.LSTM(width, 600).to(device),
-        "rims": RIMs(width, 100, 6, 4).to(device),
-        "rims_no_comm": RIMs(width, 100, 6, 4, communication=False).to(device),
+        # Dropout off, as in the RL configs: training then takes the fused time loop of
+        # rims_rl/rims_loop.py for batches up to 16 (live dropout runs the per-step autograd path).
+        "rims": RIMs(width, 100, 6, 4, input_dropout=0.0, comm_dropout=0.0).to(device),
+        "rims_no_comm": RIMs(width, 100, 6, 4, input_dropout=0.0, comm_dropout=0.0, communication=False).to(device),
     }
     timers = {name: _timer(model, x, backward, device) for name, model in models.items()}
     for timer in timers.values():  # warm-up

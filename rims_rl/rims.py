@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rims_rl.rims_loop import FusedLoop, LoopSpec, run_loop
+
 __all__ = ["RIMs", "RIMsDetails"]
 
 _CELL_GATES = {"lstm": 4, "gru": 3}
@@ -376,7 +378,6 @@ class RIMs(nn.Module):
             # Multiplying by a mask of ones would only cost time (in training, resets fall on step 0).
             reset_steps = set(episode_starts.ne(0).any(1).nonzero().flatten().tolist())
 
-        read_input = self._input_reader(x, record)
         gates = self.weight_hh.shape[-1]
         # The cell's hidden-side projection and the input queries both read h_{t-1}: one bmm.
         hidden_weight = self.weight_hh
@@ -385,6 +386,10 @@ class RIMs(nn.Module):
             hidden_weight = torch.cat([self.weight_hh, self.input_query], dim=-1)
             query_bias = hidden_bias.new_zeros(units, self.input_query.shape[-1])
             hidden_bias = torch.cat([hidden_bias, query_bias], dim=-1)
+        if not record and self._fusable(x):
+            return self._run_fused(x, h, c, reset_steps, keep, hidden_weight, hidden_bias.unsqueeze(1))
+
+        read_input = self._input_reader(x, record)
         defer = batch <= _DEFER_MAX_BATCH
         project_hidden = _Product(hidden_weight, hidden_bias.unsqueeze(1), defer)
         communicate = self._communicator(defer) if self.communication else None
@@ -450,20 +455,11 @@ class RIMs(nn.Module):
         key_size, value_size = self.input_key_size, self.input_value_size
         scale = 1.0 / math.sqrt(key_size)
         if rows.shape[2] == 1:
-            # One input row: its softmax against the null row (score exactly 0) is a sigmoid, and
-            # its keys and values do not depend on the state, so they are computed before the loop.
-            flat = _pad_rows(rows.reshape(steps * batch, -1))
-            keys = (flat @ self.input_key)[: steps * batch].mul(scale)
-            keys = keys.view(steps, batch, heads, key_size).unbind(0)
-            values = flat @ self.input_value
+            keys, values = self._row_projections(x)
+            keys = keys.unbind(0)
             value_gates = None
             if batch <= _PRECOMPUTE_MAX_BATCH:
-                # Each head's share of the cells' input projection, for all steps in one bmm:
-                # (heads, rows, value) x (heads, value, K * G). Small batches only: for large ones
-                # the per-step tensors outgrow the per-step matmul they replace.
-                per_head = self.weight_ih.view(units, heads, value_size, -1).permute(1, 2, 0, 3)
-                value_gates = torch.bmm(values.view(-1, heads, value_size).transpose(0, 1), per_head.flatten(2))
-                value_gates = value_gates[:, : steps * batch].view(heads, steps, batch, units, -1).unbind(1)
+                value_gates = self._value_gates(values, steps, batch).unbind(1)
             else:
                 values = values[: steps * batch].view(steps, batch, heads, value_size).unbind(0)
 
@@ -498,6 +494,63 @@ class RIMs(nn.Module):
 
         return read_set
 
+    def _row_projections(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys ``(T, B, heads, key)``, scaled by 1/sqrt(key), and values ``(rows, heads * value)``
+        (rows padded, see ``_pad_rows``) of a one-row input. Its softmax against the null row (score
+        exactly 0) is a sigmoid, and its keys and values do not depend on the state, so they are
+        computed before the loop."""
+        steps, batch = x.shape[:2]
+        flat = _pad_rows(x.reshape(steps * batch, -1))
+        keys = (flat @ self.input_key)[: steps * batch].mul(1.0 / math.sqrt(self.input_key_size))
+        return keys.view(steps, batch, self.input_heads, self.input_key_size), flat @ self.input_value
+
+    def _value_gates(self, values: Tensor, steps: int, batch: int) -> Tensor:
+        """Each head's share of the cells' input projection, ``(heads, T, B, K, G)``, for all steps in
+        one bmm: (heads, rows, value) x (heads, value, K * G). For small batches only: with large ones
+        the per-step tensors outgrow the per-step matmul they replace."""
+        units, heads, value_size = self.num_units, self.input_heads, self.input_value_size
+        per_head = self.weight_ih.view(units, heads, value_size, -1).permute(1, 2, 0, 3)
+        value_gates = torch.bmm(values.view(-1, heads, value_size).transpose(0, 1), per_head.flatten(2))
+        return value_gates[:, : steps * batch].view(heads, steps, batch, units, -1)
+
+    def _fusable(self, x: Tensor) -> bool:
+        """Whether :mod:`rims_rl.rims_loop` covers this call (see its docstring)."""
+        dropout = self.training and (self.input_dropout > 0 or (self.communication and self.comm_dropout > 0))
+        one_row = x.dim() == 3 or x.shape[2] == 1
+        return (
+            self.cell == "lstm"
+            and self.input_attention
+            and one_row
+            and not dropout
+            and (x.shape[1] <= _PRECOMPUTE_MAX_BATCH)
+        )
+
+    def _run_fused(self, x: Tensor, h, c, reset_steps, keep, hidden_weight: Tensor, hidden_bias: Tensor):
+        steps, batch = x.shape[:2]
+        keys, values = self._row_projections(x)
+        comm = (None, None, None)
+        if self.communication:
+            comm = (self._comm_qkv_scaled(), self.comm_output, self.comm_output_bias.unsqueeze(1))
+        tensors = (keys, values, self.weight_ih, h.contiguous(), c.contiguous(), hidden_weight, hidden_bias, *comm)
+        spec = LoopSpec(self, batch)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            outputs, h, c = FusedLoop.apply(spec, reset_steps, keep, *tensors)
+        else:
+            outputs, h, c, _ = run_loop(spec, tensors, reset_steps, keep, save=False)
+        output = outputs.permute(0, 2, 1, 3).reshape(steps, batch, self.hidden_size)
+        final = (
+            h.transpose(0, 1).reshape(1, batch, self.hidden_size),
+            c.transpose(0, 1).reshape(1, batch, self.hidden_size),
+        )
+        return output, final, None
+
+    def _comm_qkv_scaled(self) -> Tensor:
+        """The communication q/k/v weight with 1/sqrt(key size) folded into the query columns."""
+        split = self.comm_heads * self.comm_key_size
+        scale = torch.ones(self.comm_qkv.shape[-1], dtype=self.comm_qkv.dtype, device=self.comm_qkv.device)
+        scale[:split] = 1.0 / math.sqrt(self.comm_key_size)
+        return self.comm_qkv * scale
+
     def _select(self, p_null: Tensor | None) -> Tensor | None:
         """Bool mask (K, B) of the k_active units with the least null attention; None if all are."""
         if p_null is None or self.k_active == self.num_units:
@@ -523,10 +576,7 @@ class RIMs(nn.Module):
         heads, key_size, value_size = self.comm_heads, self.comm_key_size, self.comm_value_size
         split = heads * key_size
         splits = [split, split, heads * value_size]
-        # The 1/sqrt(key size) of the scores, folded into the query columns once per call.
-        scale = torch.ones(self.comm_qkv.shape[-1], dtype=self.comm_qkv.dtype, device=self.comm_qkv.device)
-        scale[:split] = 1.0 / math.sqrt(key_size)
-        project_qkv = _Product(self.comm_qkv * scale, defer=defer)
+        project_qkv = _Product(self._comm_qkv_scaled(), defer=defer)
         project_output = _Product(self.comm_output, self.comm_output_bias.unsqueeze(1), defer)
 
         def communicate(h: Tensor) -> Tensor:

@@ -192,3 +192,24 @@ def test_bad_imitation_config_fails_in_one_line(tmp_path):
     assert_one_line_error(result, "k_active")
     result = cli("imitation", "bc", "--out", str(tmp_path))
     assert_one_line_error(result, "no dataset")
+    result = cli("imitation", "expert", "--out", str(tmp_path), "--set", "expert.algo=td3")
+    assert_one_line_error(result, "expert.algo must be one of")
+    assert not (tmp_path / "expert").exists()
+
+
+def test_sac_expert_is_trained_saved_and_replayed(tmp_path):
+    """``expert.algo: sac`` trains SB3's SAC with the config's settings, and collection loads it by
+    the same key (loading a SAC file as PPO would fail)."""
+    overrides = [*TINY, "expert.algo=sac", "expert.total_steps=200", "expert.sac.learning_starts=100"]
+    overrides += ["expert.sac.batch_size=32", "expert.normalize=false"]
+    config = load_imitation_config("mujoco/halfcheetah.yaml", overrides)
+    run(config, tmp_path, stages=("expert", "collect"), log=quiet)
+    info = json.loads((tmp_path / "expert" / "expert.json").read_text())
+    assert info["algo"] == "sac"
+    from stable_baselines3 import SAC
+
+    model = SAC.load(tmp_path / "expert" / "model.zip", device="cpu")
+    assert model.batch_size == 32 and model.learning_starts == 100
+    _, meta = load_dataset(tmp_path)
+    assert meta["expert_return"] == pytest.approx(info["return_mean"])
+    assert not (tmp_path / "expert" / "vecnormalize.pkl").exists()

@@ -1,0 +1,261 @@
+"""The RIMs time loop as one autograd node, for the path reinforcement learning takes.
+
+At the batch sizes of recurrent PPO minibatches (a few sequences of 128 steps) the loop is a long
+chain of small ops. Eager autograd records each of them and replays a node per op backward, with the
+gradients its generic formulas need. Here the forward runs without recording and keeps what the
+backward needs; the backward is written out by hand with fewer ops per step: every local derivative
+(gate and attention slopes, the active mask) is formed for all steps at once before the loop, and
+every product the recurrence does not need (weight gradients, the gradients of the precomputed keys and
+value projections) after it, over all steps in one bmm. The value gates' gradient (heads x units x
+gates per row) is never formed: its products with the values and with ``weight_ih`` are taken directly.
+
+It covers one input row, input attention, the LSTM cell, with or without communication and with
+dropout off (RL configs set it to 0; :meth:`RIMs._run` falls back to eager autograd otherwise). The
+values equal the eager path's; the tests compare both, gradients included, in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class LoopSpec:
+    """Sizes of one call: units, unit size, input heads and key size, comm heads, key and value size."""
+
+    def __init__(self, rims, batch: int) -> None:
+        self.units, self.size, self.batch = rims.num_units, rims.unit_size, batch
+        self.k_active = rims.k_active
+        self.heads, self.key = rims.input_heads, rims.input_key_size
+        self.communication = rims.communication
+        self.comm_heads, self.comm_key, self.comm_value = rims.comm_heads, rims.comm_key_size, rims.comm_value_size
+
+
+def _select(p_input: Tensor, k_active: int) -> Tensor:
+    """Bool mask (K, B, 1): the k_active units with the least null attention (ties: lower index)."""
+    p_null = 1.0 - p_input.mean(-1)
+    order = torch.sort(p_null, dim=0, stable=True).indices[:k_active]
+    return torch.zeros_like(p_null, dtype=torch.bool).scatter_(0, order, True).unsqueeze(-1)
+
+
+def value_gates(spec: LoopSpec, values: Tensor, weight_ih: Tensor, steps: int) -> Tensor:
+    """Each head's share of the cells' input projection, ``(heads, T, B, K, G)``, from the padded
+    values ``(rows, heads * value)``: one bmm (heads, rows, value) x (heads, value, K * G)."""
+    units, heads = spec.units, spec.heads
+    value = values.shape[-1] // heads
+    per_head = weight_ih.view(units, heads, value, -1).permute(1, 2, 0, 3).flatten(2)
+    gates = torch.bmm(values.view(-1, heads, value).transpose(0, 1), per_head)
+    return gates[:, : steps * spec.batch].view(heads, steps, spec.batch, units, -1)
+
+
+def forward_step(spec: LoopSpec, h, c, keys, gates_in, hidden_weight, hidden_bias, qkv_weight, out_weight, out_bias):
+    """One step from ``(h, c)`` (after any reset), with this step's keys ``(B, H, dk)`` and value gates
+    ``(H, B, K, G)``. Returns ``h, c`` and the tensors the backward needs."""
+    units, batch, size = spec.units, h.shape[1], spec.size
+    gates = 4 * size
+    projected = torch.baddbmm(hidden_bias, h, hidden_weight)
+    queries = projected[..., gates:].view(units, batch, spec.heads, spec.key)
+    p_input = torch.sigmoid((queries * keys).sum(-1))
+    input_gates = (p_input.permute(2, 1, 0).unsqueeze(-1) * gates_in).sum(0).transpose(0, 1)
+    pre = input_gates + projected[..., :gates]
+    # One sigmoid over all four gates; the candidate's slot in it goes unused.
+    act = torch.sigmoid(pre)
+    i, f, _, o = act.chunk(4, dim=-1)
+    g = torch.tanh(pre[..., 2 * size : 3 * size])
+    c_new = torch.addcmul(f * c, i, g)
+    tanh_c = torch.tanh(c_new)
+    h_cell = o * tanh_c
+    if spec.k_active < units:
+        mask = _select(p_input, spec.k_active)
+        h_mix, c_next = torch.where(mask, h_cell, h), torch.where(mask, c_new, c)
+    else:
+        mask, h_mix, c_next = None, h_cell, c_new
+    saved = {"c": c, "q": queries, "p": p_input, "mask": mask, "act": act, "g": g, "tanh_c": tanh_c, "h_mix": h_mix}
+    if not spec.communication:
+        return h_mix, c_next, saved
+    heads, key, value = spec.comm_heads, spec.comm_key, spec.comm_value
+    qkv = torch.bmm(h_mix, qkv_weight)
+    q, k, v = qkv.split([heads * key, heads * key, heads * value], dim=-1)
+    scores = (q.view(units, 1, batch, heads, key) * k.view(1, units, batch, heads, key)).sum(-1, keepdim=True)
+    attention = torch.softmax(scores, dim=1)
+    read = (attention * v.view(1, units, batch, heads, value)).sum(1).view(units, batch, -1)
+    update, gate = torch.baddbmm(out_bias, read, out_weight).chunk(2, dim=-1)
+    sig, tanh_u = torch.sigmoid(gate), torch.tanh(update)
+    residual = sig * tanh_u
+    h_next = h_mix + (residual if mask is None else residual * mask)
+    saved |= {"qkv": qkv, "attention": attention, "read": read, "sig": sig, "tanh_u": tanh_u}
+    return h_next, c_next, saved
+
+
+def backward_step(spec: LoopSpec, dh, dc, step, keys, gates_in, hidden_weight_t, qkv_weight_t, out_weight_t):
+    """Gradients through one step: ``dh, dc`` after it -> before it (before any reset), and the
+    step's gradients of the hidden projection's output, the input scores and the comm projections.
+    ``step`` holds this step's slices of the forward's saved tensors and of :func:`_factors`."""
+    units, batch, size = spec.units, dh.shape[1], spec.size
+    grads = {}
+    if spec.communication:
+        heads, key, value = spec.comm_heads, spec.comm_key, spec.comm_value
+        split = heads * key
+        d_out = (dh.unsqueeze(-2) * step["out"]).view(units, batch, 2 * size)
+        d_read = torch.bmm(d_out, out_weight_t).view(units, 1, batch, heads, value)
+        q, k, v = step["qkv"].split([split, split, heads * value], dim=-1)
+        attention = step["attention"]
+        d_attention = (d_read * v.view(1, units, batch, heads, value)).sum(-1, keepdim=True)
+        d_scores = attention * (d_attention - (attention * d_attention).sum(1, keepdim=True))
+        d_qkv = torch.cat(
+            [
+                (d_scores * k.view(1, units, batch, heads, key)).sum(1).view(units, batch, split),
+                (d_scores * q.view(units, 1, batch, heads, key)).sum(0).view(units, batch, split),
+                (attention * d_read).sum(0).view(units, batch, heads * value),
+            ],
+            dim=-1,
+        )
+        d_mix = torch.baddbmm(dh, d_qkv, qkv_weight_t)
+        grads["out"], grads["qkv"] = d_out, d_qkv
+    else:
+        d_mix = dh
+    d_c_new = torch.addcmul(dc * step["mask"], d_mix, step["cell_to_c"])
+    # (d c_new, d c_new, d c_new, d h_cell) against the gates (i, f, g, o), in one op.
+    output_gate = torch.arange(4, device=dh.device).eq(3).view(1, 1, 4, 1)
+    sources = torch.where(output_gate, d_mix.unsqueeze(-2), d_c_new.unsqueeze(-2))
+    d_pre = (sources * step["pre"]).view(units, batch, 4 * size)
+    dc = torch.addcmul(dc * step["unmask"], d_c_new, step["f"])
+    d_scores_in = (gates_in * d_pre.transpose(0, 1)).sum(-1).permute(2, 1, 0) * step["p"]
+    d_projected = torch.cat([d_pre, (d_scores_in.unsqueeze(-1) * keys).reshape(units, batch, -1)], dim=-1)
+    dh = torch.baddbmm(d_mix * step["unmask"], d_projected, hidden_weight_t)
+    grads["projected"], grads["scores"] = d_projected, d_scores_in
+    return dh, dc, grads
+
+
+def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int], keep, save: bool):
+    """The forward loop. ``tensors``: keys (T, B, H, dk) scaled, values (rows >= T * B, H * dv),
+    weight_ih (K, H * dv, G), h0, c0 (K, B, U), hidden weight (K, U, G + H * dk) and bias
+    (K, 1, G + H * dk), comm qkv weight (K, U, QKV) scaled, comm output weight (K, Hv, 2U) and bias
+    (K, 1, 2U) (the comm ones None without communication). Returns outputs (T, K, B, U), h_T, c_T
+    and, with ``save``, the per-step tensors stacked as ``(K, T, ...)`` plus the value gates."""
+    keys, values, weight_ih, h, c, *weights = tensors
+    steps = keys.shape[0]
+    gates_in = value_gates(spec, values, weight_ih, steps)
+    outputs, steps_saved = [], []
+    for t in range(steps):
+        if t in reset_steps:
+            h, c = h * keep[t], c * keep[t]
+        entering = h
+        h, c, saved = forward_step(spec, h, c, keys[t], gates_in[:, t], *weights)
+        if save:
+            saved["h"] = entering
+            steps_saved.append(saved)
+        outputs.append(h)
+    stacked = None
+    if save:
+        stacked = {
+            name: torch.stack([saved[name] for saved in steps_saved], dim=1)
+            for name in steps_saved[0]
+            if steps_saved[0][name] is not None
+        }
+        stacked["gates_in"] = gates_in
+    return torch.stack(outputs), h, c, stacked
+
+
+def _factors(spec: LoopSpec, saved: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every local derivative the backward multiplies by, for all steps at once ((K, T, ...)), with
+    the active mask folded in so that the loop does as few small ops as possible."""
+    i, f, _, o = saved["act"].chunk(4, dim=-1)
+    g, c, tanh_c = saved["g"], saved["c"], saved["tanh_c"]
+    mask = saved["mask"].to(c.dtype) if "mask" in saved else torch.ones_like(c[..., :1])
+    d_tanh_c = 1.0 - tanh_c * tanh_c
+    factors = {
+        "mask": mask,
+        "unmask": 1.0 - mask,
+        "f": f,
+        # d c_new / d h_cell through h_cell = o tanh(c_new), for active units only.
+        "cell_to_c": mask * o * d_tanh_c,
+        # d pre-activation of (i, f, g, o) per unit of (d c_new, d c_new, d c_new, d h_cell).
+        "pre": torch.stack(
+            [g * i * (1.0 - i), c * f * (1.0 - f), i * (1.0 - g * g), mask * tanh_c * o * (1.0 - o)], -2
+        ),
+        "p": saved["p"] * (1.0 - saved["p"]),
+    }
+    if spec.communication:
+        sig, tanh_u = saved["sig"], saved["tanh_u"]
+        # d (update, gate) of d h_next through mask * sigmoid(gate) * tanh(update).
+        out = torch.stack([sig * (1.0 - tanh_u * tanh_u), tanh_u * sig * (1.0 - sig)], -2)
+        factors["out"] = out * mask.unsqueeze(-1)
+    return factors
+
+
+class FusedLoop(torch.autograd.Function):
+    """The whole time loop as one node; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, spec: LoopSpec, reset_steps: set[int], keep, *tensors: Tensor):
+        with torch.no_grad():
+            outputs, h, c, saved = run_loop(spec, tensors, reset_steps, keep, save=True)
+        ctx.spec, ctx.reset_steps, ctx.keep, ctx.saved = spec, reset_steps, keep, saved
+        keys, values, weight_ih, _, _, hidden_weight, _, qkv_weight, out_weight, _ = tensors
+        ctx.save_for_backward(keys, values, weight_ih, hidden_weight, qkv_weight, out_weight)
+        return outputs, h, c
+
+    @staticmethod
+    def backward(ctx, grad_outputs: Tensor, grad_h: Tensor, grad_c: Tensor):
+        spec, keep, saved = ctx.spec, ctx.keep, ctx.saved
+        keys, values, weight_ih, hidden_weight, qkv_weight, out_weight = ctx.saved_tensors
+        units, batch, size = spec.units, spec.batch, spec.size
+        steps, gates = keys.shape[0], 4 * size
+        factors = _factors(spec, saved)
+        gates_in = saved["gates_in"]
+        dh = grad_h.clone() if grad_h is not None else grad_outputs.new_zeros(units, batch, size)
+        dc = grad_c.clone() if grad_c is not None else grad_outputs.new_zeros(units, batch, size)
+        weights_t = [
+            None if w is None else w.transpose(1, 2).contiguous() for w in (hidden_weight, qkv_weight, out_weight)
+        ]
+        per_step = {name: saved[name] for name in ("qkv", "attention") if name in saved} | factors
+        step_grads = []
+        for t in reversed(range(steps)):
+            step = {name: value[:, t] for name, value in per_step.items()}
+            dh, dc, grads = backward_step(spec, dh + grad_outputs[t], dc, step, keys[t], gates_in[:, t], *weights_t)
+            step_grads.append(grads)
+            if t in ctx.reset_steps:
+                dh, dc = dh * keep[t], dc * keep[t]
+        # (K, T, B, n): each weight's gradient over all steps is then one bmm of (K, T * B, n) views.
+        grad = {name: torch.stack([grads[name] for grads in reversed(step_grads)], dim=1) for name in step_grads[0]}
+        grad_projected, grad_scores = grad["projected"], grad["scores"]
+
+        # Everything the recurrence did not need, for all steps at once.
+        def over_steps(x: Tensor) -> Tensor:  # (K, T, B, n) -> (K, T * B, n)
+            return x.reshape(units, steps * batch, -1)
+
+        d_hidden_weight = torch.bmm(over_steps(saved["h"]).transpose(1, 2), over_steps(grad_projected))
+        d_hidden_bias = grad_projected.sum((1, 2)).unsqueeze(1)
+        d_keys = (grad_scores.unsqueeze(-1) * saved["q"]).sum(0)
+        # The value gates' gradient, p x d_pre, is never formed: its products with the values and
+        # with weight_ih are taken directly.
+        rows = steps * batch
+        d_pre_all = over_steps(grad_projected[..., :gates])
+        p_all = saved["p"].reshape(units, rows, spec.heads, 1)
+        per_head = values[:rows].view(1, rows, spec.heads, -1)
+        readout = (p_all * per_head).view(units, rows, -1)
+        d_weight_ih = torch.bmm(readout.transpose(1, 2), d_pre_all)
+        d_values = torch.zeros_like(values)
+        d_readout = torch.bmm(d_pre_all, weight_ih.transpose(1, 2)).view(units, rows, spec.heads, -1)
+        d_values[:rows] = (d_readout * p_all).sum(0).view(rows, -1)
+        d_qkv_weight = d_out_weight = d_out_bias = None
+        if spec.communication:
+            d_qkv_weight = torch.bmm(over_steps(saved["h_mix"]).transpose(1, 2), over_steps(grad["qkv"]))
+            d_out_weight = torch.bmm(over_steps(saved["read"]).transpose(1, 2), over_steps(grad["out"]))
+            d_out_bias = grad["out"].sum((1, 2)).unsqueeze(1)
+        return (
+            None,
+            None,
+            None,
+            d_keys,
+            d_values,
+            d_weight_ih,
+            dh,
+            dc,
+            d_hidden_weight,
+            d_hidden_bias,
+            d_qkv_weight,
+            d_out_weight,
+            d_out_bias,
+        )
