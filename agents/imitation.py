@@ -104,13 +104,14 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
         return info
     algo = config["expert"]["algo"]
     settings = dict(config["expert"][algo])
-    policy_kwargs = {"net_arch": settings.pop("net_arch")}
+    net_arch = settings.pop("net_arch")
+    policy_kwargs = {"net_arch": net_arch}
     if algo == "ppo":
         policy_kwargs = {
             "log_std_init": settings.pop("log_std_init"),
             "ortho_init": False,
             "activation_fn": nn.ReLU,
-            "net_arch": {"pi": policy_kwargs["net_arch"], "vf": policy_kwargs["net_arch"]},
+            "net_arch": {"pi": net_arch, "vf": net_arch},
         }
     seed = config["run"]["seed"]
     env_kwargs = {**_env_kwargs(config), "pixels": False}

@@ -105,6 +105,11 @@ def _visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_device(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides, plus ``--device`` as ``run.device`` when given."""
+    return [*args.set, *([f"run.device={args.device}"] if args.device else [])]
+
+
 def _show_table(result: dict) -> int:
     """An experiment's Markdown table, then where its files are."""
     print(Path(result["md"]).read_text(), end="")
@@ -122,7 +127,7 @@ def _experiment(args: argparse.Namespace) -> int:
         total_steps=args.total_steps,
         episodes=args.episodes,
         out=args.out,
-        overrides=[*args.set, *([f"run.device={args.device}"] if args.device else [])],
+        overrides=_with_device(args),
     )
     return _show_table(result)
 
@@ -130,7 +135,7 @@ def _experiment(args: argparse.Namespace) -> int:
 def _imitation(args: argparse.Namespace) -> int:
     from rims_rl.agents.imitation import STAGES, load_imitation_config, run
 
-    config = load_imitation_config(args.config, [*args.set, *([f"run.device={args.device}"] if args.device else [])])
+    config = load_imitation_config(args.config, _with_device(args))
     out = Path(args.out or config["run"]["out"])
     run(config, out, STAGES if args.stage == "run" else (args.stage,))
     if args.stage in ("run", "evaluate"):

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rims_rl.rims_loop import FusedLoop, LoopSpec, run_loop
+from rims_rl import rims_loop
 
 __all__ = ["RIMs", "RIMsDetails"]
 
@@ -419,11 +419,7 @@ class RIMs(nn.Module):
                 actives.append(active)
                 attentions.append(attention)
 
-        output = torch.stack(outputs).permute(0, 2, 1, 3).reshape(steps, batch, self.hidden_size)
-        final = (
-            h.transpose(0, 1).reshape(1, batch, self.hidden_size),
-            c.transpose(0, 1).reshape(1, batch, self.hidden_size),
-        )
+        output, final = self._lstm_layout(torch.stack(outputs), h, c)
         details = None
         if record:
             details = RIMsDetails(
@@ -459,7 +455,7 @@ class RIMs(nn.Module):
             keys = keys.unbind(0)
             value_gates = None
             if batch <= _PRECOMPUTE_MAX_BATCH:
-                value_gates = self._value_gates(values, steps, batch).unbind(1)
+                value_gates = rims_loop.value_gates(values, self.weight_ih, heads, steps, batch).unbind(1)
             else:
                 values = values[: steps * batch].view(steps, batch, heads, value_size).unbind(0)
 
@@ -504,15 +500,6 @@ class RIMs(nn.Module):
         keys = (flat @ self.input_key)[: steps * batch].mul(1.0 / math.sqrt(self.input_key_size))
         return keys.view(steps, batch, self.input_heads, self.input_key_size), flat @ self.input_value
 
-    def _value_gates(self, values: Tensor, steps: int, batch: int) -> Tensor:
-        """Each head's share of the cells' input projection, ``(heads, T, B, K, G)``, for all steps in
-        one bmm: (heads, rows, value) x (heads, value, K * G). For small batches only: with large ones
-        the per-step tensors outgrow the per-step matmul they replace."""
-        units, heads, value_size = self.num_units, self.input_heads, self.input_value_size
-        per_head = self.weight_ih.view(units, heads, value_size, -1).permute(1, 2, 0, 3)
-        value_gates = torch.bmm(values.view(-1, heads, value_size).transpose(0, 1), per_head.flatten(2))
-        return value_gates[:, : steps * batch].view(heads, steps, batch, units, -1)
-
     def _fusable(self, x: Tensor) -> bool:
         """Whether :mod:`rims_rl.rims_loop` covers this call (see its docstring)."""
         dropout = self.training and (self.input_dropout > 0 or (self.communication and self.comm_dropout > 0))
@@ -526,23 +513,26 @@ class RIMs(nn.Module):
         )
 
     def _run_fused(self, x: Tensor, h, c, reset_steps, keep, hidden_weight: Tensor, hidden_bias: Tensor):
-        steps, batch = x.shape[:2]
+        batch = x.shape[1]
         keys, values = self._row_projections(x)
         comm = (None, None, None)
         if self.communication:
             comm = (self._comm_qkv_scaled(), self.comm_output, self.comm_output_bias.unsqueeze(1))
         tensors = (keys, values, self.weight_ih, h.contiguous(), c.contiguous(), hidden_weight, hidden_bias, *comm)
-        spec = LoopSpec(self, batch)
+        spec = rims_loop.LoopSpec(self, batch)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            outputs, h, c = FusedLoop.apply(spec, reset_steps, keep, *tensors)
+            outputs, h, c = rims_loop.FusedLoop.apply(spec, reset_steps, keep, *tensors)
         else:
-            outputs, h, c, _ = run_loop(spec, tensors, reset_steps, keep, save=False)
-        output = outputs.permute(0, 2, 1, 3).reshape(steps, batch, self.hidden_size)
-        final = (
-            h.transpose(0, 1).reshape(1, batch, self.hidden_size),
-            c.transpose(0, 1).reshape(1, batch, self.hidden_size),
-        )
+            outputs, h, c, _ = rims_loop.run_loop(spec, tensors, reset_steps, keep, save=False)
+        output, final = self._lstm_layout(outputs, h, c)
         return output, final, None
+
+    def _lstm_layout(self, outputs: Tensor, h: Tensor, c: Tensor):
+        """Unit-major outputs ``(T, K, B, U)`` and ``h, c (K, B, U)`` back in nn.LSTM's layout."""
+        steps, _, batch = outputs.shape[:3]
+        flat = (1, batch, self.hidden_size)
+        output = outputs.permute(0, 2, 1, 3).reshape(steps, batch, self.hidden_size)
+        return output, (h.transpose(0, 1).reshape(flat), c.transpose(0, 1).reshape(flat))
 
     def _comm_qkv_scaled(self) -> Tensor:
         """The communication q/k/v weight with 1/sqrt(key size) folded into the query columns."""
@@ -555,9 +545,7 @@ class RIMs(nn.Module):
         """Bool mask (K, B) of the k_active units with the least null attention; None if all are."""
         if p_null is None or self.k_active == self.num_units:
             return None
-        # A stable sort makes ties go to the lower unit index, on every device.
-        order = torch.sort(p_null, dim=0, stable=True).indices[: self.k_active]
-        return torch.zeros_like(p_null, dtype=torch.bool).scatter_(0, order, True)
+        return rims_loop.select_active(p_null, self.k_active)
 
     def _cell_step(self, input_gates: Tensor, hidden_gates: Tensor, h: Tensor, c: Tensor):
         if self.cell == "lstm":

@@ -31,21 +31,22 @@ class LoopSpec:
         self.comm_heads, self.comm_key, self.comm_value = rims.comm_heads, rims.comm_key_size, rims.comm_value_size
 
 
-def _select(p_input: Tensor, k_active: int) -> Tensor:
-    """Bool mask (K, B, 1): the k_active units with the least null attention (ties: lower index)."""
-    p_null = 1.0 - p_input.mean(-1)
+def select_active(p_null: Tensor, k_active: int) -> Tensor:
+    """Bool mask (K, B) of the ``k_active`` units with the least null attention ``p_null`` (K, B).
+    A stable sort makes ties go to the lower unit index, on every device."""
     order = torch.sort(p_null, dim=0, stable=True).indices[:k_active]
-    return torch.zeros_like(p_null, dtype=torch.bool).scatter_(0, order, True).unsqueeze(-1)
+    return torch.zeros_like(p_null, dtype=torch.bool).scatter_(0, order, True)
 
 
-def value_gates(spec: LoopSpec, values: Tensor, weight_ih: Tensor, steps: int) -> Tensor:
+def value_gates(values: Tensor, weight_ih: Tensor, heads: int, steps: int, batch: int) -> Tensor:
     """Each head's share of the cells' input projection, ``(heads, T, B, K, G)``, from the padded
-    values ``(rows, heads * value)``: one bmm (heads, rows, value) x (heads, value, K * G)."""
-    units, heads = spec.units, spec.heads
-    value = values.shape[-1] // heads
+    values ``(rows, heads * value)``, for all steps in one bmm: (heads, rows, value) x
+    (heads, value, K * G). For small batches only: with large ones the per-step tensors outgrow the
+    per-step matmul they replace."""
+    units, value = weight_ih.shape[0], values.shape[-1] // heads
     per_head = weight_ih.view(units, heads, value, -1).permute(1, 2, 0, 3).flatten(2)
     gates = torch.bmm(values.view(-1, heads, value).transpose(0, 1), per_head)
-    return gates[:, : steps * spec.batch].view(heads, steps, spec.batch, units, -1)
+    return gates[:, : steps * batch].view(heads, steps, batch, units, -1)
 
 
 def forward_step(spec: LoopSpec, h, c, keys, gates_in, hidden_weight, hidden_bias, qkv_weight, out_weight, out_bias):
@@ -66,7 +67,7 @@ def forward_step(spec: LoopSpec, h, c, keys, gates_in, hidden_weight, hidden_bia
     tanh_c = torch.tanh(c_new)
     h_cell = o * tanh_c
     if spec.k_active < units:
-        mask = _select(p_input, spec.k_active)
+        mask = select_active(1.0 - p_input.mean(-1), spec.k_active).unsqueeze(-1)
         h_mix, c_next = torch.where(mask, h_cell, h), torch.where(mask, c_new, c)
     else:
         mask, h_mix, c_next = None, h_cell, c_new
@@ -135,7 +136,7 @@ def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int],
     and, with ``save``, the per-step tensors stacked as ``(K, T, ...)`` plus the value gates."""
     keys, values, weight_ih, h, c, *weights = tensors
     steps = keys.shape[0]
-    gates_in = value_gates(spec, values, weight_ih, steps)
+    gates_in = value_gates(values, weight_ih, spec.heads, steps, spec.batch)
     outputs, steps_saved = [], []
     for t in range(steps):
         if t in reset_steps:
