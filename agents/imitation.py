@@ -16,8 +16,10 @@ The whole pipeline, stage by stage, each writing into ``<out>/`` and skipped whe
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
+import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rims_rl.agents.train import CheckpointAndStop, load_checkpoint, save_checkpoint, set_rng_state, stop_on_signals
 from rims_rl.envs.mujoco import make_cheetah, render_frame
 from torch import nn
 from tqdm import tqdm
@@ -67,6 +70,9 @@ def load_imitation_config(path: str | Path, overrides=()) -> dict[str, Any]:
             raise ValueError(f"bc.lr_decay must be linear or none, got {config['bc']['lr_decay']!r}")
         if config["expert"]["algo"] not in EXPERTS:
             raise ValueError(f"expert.algo must be one of {sorted(EXPERTS)}, got {config['expert']['algo']!r}")
+        every = config["expert"]["checkpoint_every"]
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(f"expert.checkpoint_every must be an integer >= 0, got {every!r}")
         if config["collect"]["action_noise"] < 0:
             raise ValueError("collect.action_noise must be >= 0")
         if config["evaluate"]["joint_noise"] < 0:
@@ -93,7 +99,11 @@ def _expert_class(config: dict[str, Any]):
 
 
 def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train the state-based expert, PPO or SAC (or load it if ``out/expert`` is complete)."""
+    """Train the state-based expert, PPO or SAC (or load it if ``out/expert`` is complete).
+
+    Checkpoints (model, replay buffer, normalizer statistics) every ``expert.checkpoint_every`` steps
+    and on SIGINT/SIGTERM, into ``expert/checkpoint.pt``; the same command continues from there.
+    """
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
@@ -102,7 +112,9 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
         info = json.loads((folder / "expert.json").read_text())
         log(f"expert: done already (return {info['return_mean']:.0f})")
         return info
-    algo = config["expert"]["algo"]
+    checkpoint = folder / "checkpoint.pt"
+    saved = load_checkpoint(checkpoint) if checkpoint.is_file() else None
+    algo, total = config["expert"]["algo"], config["expert"]["total_steps"]
     settings = dict(config["expert"][algo])
     net_arch = settings.pop("net_arch")
     policy_kwargs = {"net_arch": net_arch}
@@ -116,24 +128,47 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
     seed = config["run"]["seed"]
     env_kwargs = {**_env_kwargs(config), "pixels": False}
     env = make_vec_env(make_cheetah, n_envs=1, seed=seed, env_kwargs=env_kwargs)
-    if config["expert"]["normalize"]:
+    if saved is not None and saved["normalizer"] is not None:
+        normalized = pickle.loads(saved["normalizer"])
+        normalized.set_venv(env)
+        env = normalized
+    elif config["expert"]["normalize"]:
         env = VecNormalize(env, gamma=settings["gamma"])
-    model = _expert_class(config)(
-        "MlpPolicy", env, policy_kwargs=policy_kwargs, seed=seed, device="cpu", verbose=0, **settings
-    )
-    log(f"expert: {algo.upper()} on the state vector for {config['expert']['total_steps']} steps")
-    model.learn(config["expert"]["total_steps"], progress_bar=config["run"]["progress"])
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.zip")
-    if config["expert"]["normalize"]:
-        env.save(str(folder / "vecnormalize.pkl"))
-    env.close()
+    try:
+        if saved is not None:
+            model = _expert_class(config).load(io.BytesIO(saved["model"]), env=env, device="cpu")
+            if saved["replay_buffer"] is not None:
+                model.replay_buffer = pickle.loads(saved["replay_buffer"])
+            set_rng_state(saved["rng"])
+            log(f"expert: resuming {algo.upper()} at step {model.num_timesteps} of {total}")
+        else:
+            model = _expert_class(config)(
+                "MlpPolicy", env, policy_kwargs=policy_kwargs, seed=seed, device="cpu", verbose=0, **settings
+            )
+            log(f"expert: {algo.upper()} on the state vector for {total} steps")
+        stopper = CheckpointAndStop(checkpoint, config["expert"]["checkpoint_every"])
+        with stop_on_signals(stopper):
+            model.learn(
+                max(total - model.num_timesteps, 0),
+                callback=stopper,
+                progress_bar=config["run"]["progress"],
+                reset_num_timesteps=saved is None,
+            )
+        if stopper.signal is not None:
+            log(f"expert: stopped at step {model.num_timesteps}; the same command continues from {checkpoint}")
+            raise KeyboardInterrupt
+        save_checkpoint(model, checkpoint)
+        model.save(folder / "model.zip")
+        if isinstance(env, VecNormalize):
+            env.save(str(folder / "vecnormalize.pkl"))
+    finally:
+        env.close()
     returns = [episode["return"] for episode in _expert_episodes(config, out, config["expert"]["eval_episodes"])]
     info = {
         "algo": algo,
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
-        "steps": config["expert"]["total_steps"],
+        "steps": total,
         "env": env_kwargs,
     }
     (folder / "expert.json").write_text(json.dumps(info, indent=2))

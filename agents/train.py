@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import inspect
 import io
+import pickle
 import random
 import re
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from rims_rl.envs import check_env_settings, make_env
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
+from stable_baselines3.common.vec_env import VecNormalize
 
 from rims_rl.config import ConfigError, load_config
 from rims_rl.extractors import MiniGridExtractor
@@ -284,17 +287,30 @@ def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what a checkpoint's ``rng`` entry holds."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
 
 
 def save_checkpoint(model, path: Path) -> None:
-    """Model, optimizer, step counter and RNG state in one file, written atomically."""
+    """Model, optimizer, step counter and RNG state in one file, written atomically; for off-policy
+    algorithms also the replay buffer, and the observation normalizer when the env has one (an
+    off-policy run resumed without its buffer, or a normalized one without its statistics, would not
+    continue the same training)."""
     buffer = io.BytesIO()
     model.save(buffer)
-    atomic_save({"model": buffer.getvalue(), "num_timesteps": model.num_timesteps, "rng": _rng_state()}, path)
+    replay = getattr(model, "replay_buffer", None)
+    env = model.get_env()
+    saved = {
+        "model": buffer.getvalue(),
+        "num_timesteps": model.num_timesteps,
+        "rng": _rng_state(),
+        "replay_buffer": pickle.dumps(replay) if replay is not None else None,
+        "normalizer": pickle.dumps(env) if isinstance(env, VecNormalize) else None,
+    }
+    atomic_save(saved, path)
 
 
 def _finite(model) -> bool:
@@ -337,6 +353,21 @@ class CheckpointAndStop(BaseCallback):
         return True
 
 
+@contextmanager
+def stop_on_signals(stopper: CheckpointAndStop) -> Iterator[None]:
+    """Inside, SIGINT and SIGTERM make ``stopper`` write a last checkpoint and end training cleanly."""
+
+    def on_signal(signum, frame):
+        stopper.signal = signum
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 # ------------------------------------------------------------------------------------- runs
 
 
@@ -361,7 +392,7 @@ def train(config: dict[str, Any], run_dir: Path | None = None, resume_from: dict
     try:
         if resume_from is not None:
             model = ALGORITHMS[config["algo"]].load(io.BytesIO(resume_from["model"]), env=env, device=device)
-            _set_rng_state(resume_from["rng"])
+            set_rng_state(resume_from["rng"])
         else:
             model = build_model(config, env, device)
             if run["init_from"] is not None:
@@ -399,20 +430,15 @@ def train(config: dict[str, Any], run_dir: Path | None = None, resume_from: dict
         if tracking is not None:
             callbacks.append(tracking.callback)
 
-        def on_signal(signum, frame):
-            stopper.signal = signum
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            model.learn(
-                total_timesteps=max(config["total_steps"] - model.num_timesteps, 0),
-                callback=CallbackList(callbacks),
-                progress_bar=run["progress"],
-                reset_num_timesteps=resume_from is None,
-            )
+            with stop_on_signals(stopper):
+                model.learn(
+                    total_timesteps=max(config["total_steps"] - model.num_timesteps, 0),
+                    callback=CallbackList(callbacks),
+                    progress_bar=run["progress"],
+                    reset_num_timesteps=resume_from is None,
+                )
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             if tracking is not None:
                 tracking.finish()
         if stopper.signal is None:
@@ -431,7 +457,8 @@ def train(config: dict[str, Any], run_dir: Path | None = None, resume_from: dict
             eval_env.close()
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by ``save_checkpoint``; a missing or unreadable one is a ``ConfigError``."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(saved, dict) or "model" not in saved:
@@ -448,7 +475,7 @@ def resume(run_dir: str | Path, total_steps: int | None = None, overrides: Itera
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
-    saved = _load_checkpoint(run_dir / "checkpoints" / "latest.pt")  # before any environment starts
+    saved = load_checkpoint(run_dir / "checkpoints" / "latest.pt")  # before any environment starts
     flags = [f"total_steps={total_steps}"] if total_steps is not None else []
     config = load_config(run_dir / "config.yaml", [*flags, *overrides], open_sections=OPEN_SECTIONS)
     check_config(config)

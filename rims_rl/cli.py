@@ -137,7 +137,11 @@ def _imitation(args: argparse.Namespace) -> int:
 
     config = load_imitation_config(args.config, _with_device(args))
     out = Path(args.out or config["run"]["out"])
-    run(config, out, STAGES if args.stage == "run" else (args.stage,))
+    try:
+        run(config, out, STAGES if args.stage == "run" else (args.stage,))
+    except KeyboardInterrupt:
+        print("rims-rl imitation: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
     if args.stage in ("run", "evaluate"):
         print((out / "results.md").read_text(), end="")
     return 0

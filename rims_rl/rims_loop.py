@@ -88,10 +88,13 @@ def forward_step(spec: LoopSpec, h, c, keys, gates_in, hidden_weight, hidden_bia
     return h_next, c_next, saved
 
 
-def backward_step(spec: LoopSpec, dh, dc, step, keys, gates_in, hidden_weight_t, qkv_weight_t, out_weight_t):
+def backward_step(
+    spec: LoopSpec, dh, dc, step, keys, gates_in, hidden_weight_t, qkv_weight_t, out_weight_t, output_gate
+):
     """Gradients through one step: ``dh, dc`` after it -> before it (before any reset), and the
     step's gradients of the hidden projection's output, the input scores and the comm projections.
-    ``step`` holds this step's slices of the forward's saved tensors and of :func:`_factors`."""
+    ``step`` holds this step's slices of the forward's saved tensors and of :func:`_factors`;
+    ``output_gate`` (1, 1, 4, 1) is True in the output gate's slot."""
     units, batch, size = spec.units, dh.shape[1], spec.size
     grads = {}
     if spec.communication:
@@ -117,7 +120,6 @@ def backward_step(spec: LoopSpec, dh, dc, step, keys, gates_in, hidden_weight_t,
         d_mix = dh
     d_c_new = torch.addcmul(dc * step["mask"], d_mix, step["cell_to_c"])
     # (d c_new, d c_new, d c_new, d h_cell) against the gates (i, f, g, o), in one op.
-    output_gate = torch.arange(4, device=dh.device).eq(3).view(1, 1, 4, 1)
     sources = torch.where(output_gate, d_mix.unsqueeze(-2), d_c_new.unsqueeze(-2))
     d_pre = (sources * step["pre"]).view(units, batch, 4 * size)
     dc = torch.addcmul(dc * step["unmask"], d_c_new, step["f"])
@@ -138,11 +140,12 @@ def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int],
     steps = keys.shape[0]
     gates_in = value_gates(values, weight_ih, spec.heads, steps, spec.batch)
     outputs, steps_saved = [], []
-    for t in range(steps):
+    # Per-step views made in one call each rather than one indexing op per step.
+    for t, (keys_t, gates_t) in enumerate(zip(keys.unbind(0), gates_in.unbind(1), strict=True)):
         if t in reset_steps:
             h, c = h * keep[t], c * keep[t]
         entering = h
-        h, c, saved = forward_step(spec, h, c, keys[t], gates_in[:, t], *weights)
+        h, c, saved = forward_step(spec, h, c, keys_t, gates_t, *weights)
         if save:
             saved["h"] = entering
             steps_saved.append(saved)
@@ -211,10 +214,15 @@ class FusedLoop(torch.autograd.Function):
             None if w is None else w.transpose(1, 2).contiguous() for w in (hidden_weight, qkv_weight, out_weight)
         ]
         per_step = {name: saved[name] for name in ("qkv", "attention") if name in saved} | factors
+        per_step = {name: value.unbind(1) for name, value in per_step.items()}
+        keys_t, gates_t, grad_outputs_t = keys.unbind(0), gates_in.unbind(1), grad_outputs.unbind(0)
+        output_gate = torch.arange(4, device=keys.device).eq(3).view(1, 1, 4, 1)
         step_grads = []
         for t in reversed(range(steps)):
-            step = {name: value[:, t] for name, value in per_step.items()}
-            dh, dc, grads = backward_step(spec, dh + grad_outputs[t], dc, step, keys[t], gates_in[:, t], *weights_t)
+            step = {name: value[t] for name, value in per_step.items()}
+            dh, dc, grads = backward_step(
+                spec, dh + grad_outputs_t[t], dc, step, keys_t[t], gates_t[t], *weights_t, output_gate
+            )
             step_grads.append(grads)
             if t in ctx.reset_steps:
                 dh, dc = dh * keep[t], dc * keep[t]

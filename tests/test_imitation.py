@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -213,3 +214,55 @@ def test_sac_expert_is_trained_saved_and_replayed(tmp_path):
     _, meta = load_dataset(tmp_path)
     assert meta["expert_return"] == pytest.approx(info["return_mean"])
     assert not (tmp_path / "expert" / "vecnormalize.pkl").exists()
+
+
+@pytest.mark.parametrize(
+    "algo_overrides",
+    [
+        ["expert.algo=sac", "expert.sac.learning_starts=100", "expert.sac.batch_size=32", "expert.normalize=false"],
+        ["expert.algo=ppo", "expert.ppo.n_steps=100", "expert.ppo.batch_size=50", "expert.normalize=true"],
+    ],
+    ids=["sac", "ppo-normalized"],
+)
+def test_expert_crash_resumes_from_its_checkpoint(tmp_path, monkeypatch, algo_overrides):
+    """A crash after training (here: in the expert's evaluation) loses nothing: the checkpoint holds the
+    model, the step counter, SAC's replay buffer and the normalizer's statistics, and the same command
+    continues from them up to a raised total."""
+    from rims_rl.agents import imitation
+    from rims_rl.agents.train import load_checkpoint
+
+    overrides = [*TINY, *algo_overrides, "expert.checkpoint_every=100"]
+    config = load_imitation_config("mujoco/halfcheetah.yaml", [*overrides, "expert.total_steps=200"])
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("evaluation crashed")
+
+    monkeypatch.setattr(imitation, "_expert_episodes", crash)
+    with pytest.raises(RuntimeError, match="evaluation crashed"):
+        imitation.expert(config, tmp_path, log=quiet)
+    monkeypatch.undo()
+    first = load_checkpoint(tmp_path / "expert" / "checkpoint.pt")
+    assert first["num_timesteps"] == 200
+    assert not (tmp_path / "expert" / "expert.json").exists()
+
+    messages: list[str] = []
+    config = load_imitation_config("mujoco/halfcheetah.yaml", [*overrides, "expert.total_steps=300"])
+    imitation.expert(config, tmp_path, log=messages.append)
+    assert any("resuming" in message and "step 200 of 300" in message for message in messages)
+    last = load_checkpoint(tmp_path / "expert" / "checkpoint.pt")
+    assert last["num_timesteps"] == 300
+    if "expert.algo=sac" in algo_overrides:
+        before, after = (pickle.loads(saved["replay_buffer"]) for saved in (first, last))
+        assert before.pos == 200 and after.pos == 300
+        np.testing.assert_array_equal(after.observations[:200], before.observations[:200])
+        assert first["normalizer"] is None
+    else:
+        before, after = (pickle.loads(saved["normalizer"]).obs_rms.count for saved in (first, last))
+        assert after >= before + 100  # the statistics went on (a restart would hold about 100)
+        assert (tmp_path / "expert" / "vecnormalize.pkl").is_file()
+    assert json.loads((tmp_path / "expert" / "expert.json").read_text())["steps"] == 300
+
+
+def test_bad_expert_checkpoint_every_is_refused():
+    with pytest.raises(ConfigError, match=r"expert\.checkpoint_every"):
+        load_imitation_config("mujoco/halfcheetah.yaml", ["expert.checkpoint_every=-1"])

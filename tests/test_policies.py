@@ -13,7 +13,7 @@ from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from stable_baselines3.common.env_util import make_vec_env
 
 from rims_rl.cores import LSTMCore
-from rims_rl.policies import LstmPolicy, RimsPolicy
+from rims_rl.policies import LstmCnnPolicy, LstmPolicy, RimsCnnPolicy, RimsPolicy
 from rims_rl.rims import RIMs
 
 RIMS = {"unit_size": 8, "num_units": 4, "k_active": 2, "input_dropout": 0.0, "comm_dropout": 0.0}
@@ -265,3 +265,28 @@ def test_multi_input_policies_train_on_dict_observations(policy):
     model.learn(64)
     action, state = model.predict(env.reset(), deterministic=True)
     assert action.shape == (2,) and state[0].shape == (1, 2, 32 if policy.startswith("Rims") else 16)
+
+
+@pytest.mark.parametrize("policy_class", [RimsCnnPolicy, LstmCnnPolicy])
+def test_cnn_runs_channels_last_with_the_same_features_and_gradients(policy_class, tmp_path):
+    """Our CNN policies keep their convolutions in channels-last layout (faster on CPU), also after a
+    save/load round trip, and compute what the usual layout computes."""
+    space = gym.spaces.Box(0, 255, (4, 36, 36), dtype=np.uint8)
+    kwargs = {"rims_kwargs": RIMS} if policy_class is RimsCnnPolicy else {"lstm_hidden_size": 32}
+    policy = policy_class(space, gym.spaces.Discrete(3), lambda _: 1e-3, **kwargs)
+    convs = [m for m in policy.features_extractor.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    reference = copy.deepcopy(policy.features_extractor).to(memory_format=torch.contiguous_format)
+    assert not convs[0].weight.is_contiguous() and reference.cnn[0].weight.is_contiguous()
+    obs = torch.randint(0, 256, (5, *space.shape), dtype=torch.uint8).float()
+    features = policy.extract_features(obs)
+    expected = reference(obs / 255.0)
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-6)
+    features.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(convs[0].weight.grad, reference.cnn[0].weight.grad, rtol=1e-4, atol=1e-5)
+    policy.save(tmp_path / "policy.pt")
+    loaded = policy_class.load(tmp_path / "policy.pt")
+    loaded_convs = [m for m in loaded.features_extractor.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in loaded_convs)
+    torch.testing.assert_close(loaded.extract_features(obs), features.detach())
