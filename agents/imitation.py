@@ -102,7 +102,8 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
     """Train the state-based expert, PPO or SAC (or load it if ``out/expert`` is complete).
 
     Checkpoints (model, replay buffer, normalizer statistics) every ``expert.checkpoint_every`` steps
-    and on SIGINT/SIGTERM, into ``expert/checkpoint.pt``; the same command continues from there.
+    and on SIGINT/SIGTERM, into ``expert/checkpoint.pt``; the same command continues from there. The
+    checkpoint is removed once the expert is saved and evaluated.
     """
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
@@ -172,6 +173,7 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
         "env": env_kwargs,
     }
     (folder / "expert.json").write_text(json.dumps(info, indent=2))
+    checkpoint.unlink()  # a finished expert is never resumed, and SAC's holds its whole replay buffer
     log(f"expert: return {info['return_mean']:.0f} +- {info['return_std']:.0f}")
     return info
 

@@ -24,7 +24,8 @@ from rims_rl.config import ConfigError
 from tests.helpers import assert_one_line_error, cli
 
 TINY = [
-    "expert.total_steps=512", "expert.ppo.n_steps=256", "expert.eval_episodes=1", "collect.episodes=2",
+    "expert.algo=ppo", "expert.normalize=true", "expert.total_steps=512", "expert.ppo.n_steps=256",
+    "expert.eval_episodes=1", "collect.episodes=2",
     "env.max_episode_steps=40", "bc.epochs=2", "bc.window=16", "bc.batch_size=4", "bc.checkpoint_every=1",
     "evaluate.episodes=1", "evaluate.seeds=[0]", "run.progress=false",
 ]  # fmt: skip
@@ -202,7 +203,7 @@ def test_sac_expert_is_trained_saved_and_replayed(tmp_path):
     """``expert.algo: sac`` trains SB3's SAC with the config's settings, and collection loads it by
     the same key (loading a SAC file as PPO would fail)."""
     overrides = [*TINY, "expert.algo=sac", "expert.total_steps=200", "expert.sac.learning_starts=100"]
-    overrides += ["expert.sac.batch_size=32", "expert.normalize=false"]
+    overrides += ["expert.sac.batch_size=32", "expert.sac.buffer_size=1000", "expert.normalize=false"]
     config = load_imitation_config("mujoco/halfcheetah.yaml", overrides)
     run(config, tmp_path, stages=("expert", "collect"), log=quiet)
     info = json.loads((tmp_path / "expert" / "expert.json").read_text())
@@ -219,7 +220,13 @@ def test_sac_expert_is_trained_saved_and_replayed(tmp_path):
 @pytest.mark.parametrize(
     "algo_overrides",
     [
-        ["expert.algo=sac", "expert.sac.learning_starts=100", "expert.sac.batch_size=32", "expert.normalize=false"],
+        [
+            "expert.algo=sac",
+            "expert.sac.learning_starts=100",
+            "expert.sac.batch_size=32",
+            "expert.sac.buffer_size=1000",
+            "expert.normalize=false",
+        ],
         ["expert.algo=ppo", "expert.ppo.n_steps=100", "expert.ppo.batch_size=50", "expert.normalize=true"],
     ],
     ids=["sac", "ppo-normalized"],
@@ -247,7 +254,10 @@ def test_expert_crash_resumes_from_its_checkpoint(tmp_path, monkeypatch, algo_ov
 
     messages: list[str] = []
     config = load_imitation_config("mujoco/halfcheetah.yaml", [*overrides, "expert.total_steps=300"])
-    imitation.expert(config, tmp_path, log=messages.append)
+    monkeypatch.setattr(imitation, "_expert_episodes", crash)
+    with pytest.raises(RuntimeError, match="evaluation crashed"):
+        imitation.expert(config, tmp_path, log=messages.append)
+    monkeypatch.undo()
     assert any("resuming" in message and "step 200 of 300" in message for message in messages)
     last = load_checkpoint(tmp_path / "expert" / "checkpoint.pt")
     assert last["num_timesteps"] == 300
@@ -260,7 +270,11 @@ def test_expert_crash_resumes_from_its_checkpoint(tmp_path, monkeypatch, algo_ov
         before, after = (pickle.loads(saved["normalizer"]).obs_rms.count for saved in (first, last))
         assert after >= before + 100  # the statistics went on (a restart would hold about 100)
         assert (tmp_path / "expert" / "vecnormalize.pkl").is_file()
+    messages.clear()
+    imitation.expert(config, tmp_path, log=messages.append)  # nothing left to train: saved and evaluated
+    assert any("step 300 of 300" in message for message in messages)
     assert json.loads((tmp_path / "expert" / "expert.json").read_text())["steps"] == 300
+    assert not (tmp_path / "expert" / "checkpoint.pt").exists()
 
 
 def test_bad_expert_checkpoint_every_is_refused():
