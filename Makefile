@@ -11,12 +11,14 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch goes in first and on its own, so that the package's plain `torch` requirement is already
-# met and pip never pulls a multi-GB CUDA build onto a CPU machine.
+# met and pip never pulls a multi-GB CUDA build onto a CPU machine. The last step compiles the RIMs
+# time loop for CPUs (rims_rl/native.py); without a compiler it says so and the Python loop is used.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -c "from rims_rl import native; native.build()"
 	touch $@
 
 # The main job on a small default: RIMs-PPO on Pong for a couple of minutes on a CPU, then a

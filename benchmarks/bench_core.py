@@ -2,7 +2,8 @@
 
 Each shape times RIMs (6 units x 100, k_active 4, dropout off as in the RL configs) and
 ``nn.LSTM(600)`` on the same input, alternating the two so that machine noise hits both alike, and
-prints the median times and their ratio.
+prints the median times and their ratio. The last column is RIMs again with the compiled CPU time loop
+off (``RIMS_RL_NATIVE=0``, the Python loop of ``rims_rl/rims_loop.py``): what the compiled loop gives.
 
     python benchmarks/bench_core.py [--repeats N] [--device cpu|cuda] [--output docs/bench.md]
 """
@@ -10,6 +11,7 @@ prints the median times and their ratio.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -23,6 +25,7 @@ from rims_rl.utils import resolve_device
 
 # (name, T, B, input width, with backward)
 SHAPES = [
+    ("training (T=128, B=2, in 512)", 128, 2, 512, True),
     ("training (T=128, B=4, in 512)", 128, 4, 512, True),
     ("acting (T=1, B=8, in 512)", 1, 8, 512, True),
     ("acting, no grad (T=1, B=8, in 512)", 1, 8, 512, False),
@@ -30,8 +33,11 @@ SHAPES = [
 ]
 
 
-def _timer(model: nn.Module, x: torch.Tensor, backward: bool, device: torch.device) -> Callable[[], float]:
+def _timer(
+    model: nn.Module, x: torch.Tensor, backward: bool, device: torch.device, native: bool = True
+) -> Callable[[], float]:
     def once() -> float:
+        os.environ["RIMS_RL_NATIVE"] = "1" if native else "0"
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -59,6 +65,7 @@ def measure(steps: int, batch: int, width: int, backward: bool, repeats: int, de
         "rims_no_comm": RIMs(width, 100, 6, 4, input_dropout=0.0, comm_dropout=0.0, communication=False).to(device),
     }
     timers = {name: _timer(model, x, backward, device) for name, model in models.items()}
+    timers["rims_python_loop"] = _timer(models["rims"], x, backward, device, native=False)
     for timer in timers.values():  # warm-up
         timer()
         timer()
@@ -66,6 +73,7 @@ def measure(steps: int, batch: int, width: int, backward: bool, repeats: int, de
     for _ in range(repeats):
         for name, timer in timers.items():
             samples[name].append(timer())
+    os.environ["RIMS_RL_NATIVE"] = "1"
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -83,17 +91,19 @@ def main() -> None:
     lines = [
         f"torch {torch.__version__}, device {device} ({machine}); median of {args.repeats} alternating calls.",
         "",
-        "| shape | nn.LSTM(600) | RIMs 6x100 k4 | ratio | RIMs, no comm. | ratio |",
-        "|---|---|---|---|---|---|",
+        "| shape | nn.LSTM(600) | RIMs 6x100 k4 | ratio | RIMs, no comm. | ratio | RIMs, Python loop | ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     for name, steps, batch, width, backward in SHAPES:
         times = measure(steps, batch, width, backward, args.repeats, device)
         lstm, rims, no_comm = times["lstm"], times["rims"], times["rims_no_comm"]
+        python_loop = times["rims_python_loop"]
         kind = "fwd+bwd" if backward else "fwd"
         lines.append(
             f"| {name}, {kind} | {lstm * 1e3:.2f} ms | {rims * 1e3:.2f} ms | {rims / lstm:.2f}x "
-            f"| {no_comm * 1e3:.2f} ms | {no_comm / lstm:.2f}x |"
+            f"| {no_comm * 1e3:.2f} ms | {no_comm / lstm:.2f}x "
+            f"| {python_loop * 1e3:.2f} ms | {python_loop / lstm:.2f}x |"
         )
         print(lines[-1], flush=True)
     if args.output:

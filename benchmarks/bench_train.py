@@ -4,14 +4,17 @@ Four agents with the PPO settings of ``configs/atari/ppo_rims.yaml`` (8 envs, n_
 epochs, batch 256) on the same environment: feed-forward PPO (SB3 ``CnnPolicy``, frame stack 4),
 sb3-contrib's stock ``CnnLstmPolicy``, our same-structure LSTM policy and our RIMs policy. After a
 warm-up iteration each, the agents take turns for ``--iterations`` rounds; the table prints each
-agent's steps/s (from its median iteration) and the ratios.
+agent's steps/s (from its median iteration) and the ratios. ``--python-loop`` adds a fifth agent, the
+RIMs policy with the compiled time loop off (``RIMS_RL_NATIVE=0`` during its turns), to measure what
+the compiled loop gives in the same run.
 
-    python benchmarks/bench_train.py [--env Pong] [--iterations 3] [--output docs/bench_train.md]
+    python benchmarks/bench_train.py [--env Pong] [--iterations 3] [--python-loop] [--output docs/bench_train.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -22,12 +25,22 @@ from rims_rl.envs import make_env
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 
+PYTHON_LOOP = "RimsPPO RimsCnnPolicy, Python time loop (RIMS_RL_NATIVE=0)"
 
-def one_iteration(model) -> float:
+
+def one_iteration(model, native: bool = True) -> float:
     """Seconds for one PPO iteration (collect n_steps x n_envs, then update)."""
-    start = time.perf_counter()
-    model.learn(model.n_steps * model.n_envs, reset_num_timesteps=False)
-    return time.perf_counter() - start
+    previous = os.environ.get("RIMS_RL_NATIVE")
+    os.environ["RIMS_RL_NATIVE"] = "1" if native else "0"
+    try:
+        start = time.perf_counter()
+        model.learn(model.n_steps * model.n_envs, reset_num_timesteps=False)
+        return time.perf_counter() - start
+    finally:
+        if previous is None:
+            del os.environ["RIMS_RL_NATIVE"]
+        else:
+            os.environ["RIMS_RL_NATIVE"] = previous
 
 
 def main() -> None:
@@ -35,6 +48,7 @@ def main() -> None:
     parser.add_argument("--env", default="Pong")
     parser.add_argument("--iterations", type=int, default=5, help="timed PPO iterations per agent")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--python-loop", action="store_true", help="also time RIMs with the compiled loop off")
     parser.add_argument("--output", help="also write the Markdown table to this file")
     args = parser.parse_args()
 
@@ -49,17 +63,19 @@ def main() -> None:
         "RimsPPO LstmCnnPolicy (ours, LSTM 600)": lambda env: build_model({**config, "policy": "lstm"}, env, device),
         "RimsPPO RimsCnnPolicy (ours, 6x100 k4)": lambda env: build_model(config, env, device),
     }
+    if args.python_loop:
+        agents[PYTHON_LOOP] = lambda env: build_model(config, env, device)
     # All agents live side by side and take turns, one iteration each per round, so drifts in the
     # machine's speed hit them alike; each agent's rate comes from its median iteration.
     envs = {name: make_env(config["env"], seed=0) for name in agents}
     try:
         models = {name: make(envs[name]) for name, make in agents.items()}
-        for model in models.values():
-            one_iteration(model)  # warm-up
+        for name, model in models.items():
+            one_iteration(model, native=name != PYTHON_LOOP)  # warm-up
         times: dict[str, list[float]] = {name: [] for name in agents}
         for round_ in range(args.iterations):
             for name, model in models.items():
-                times[name].append(one_iteration(model))
+                times[name].append(one_iteration(model, native=name != PYTHON_LOOP))
             print(f"round {round_ + 1}/{args.iterations} done", flush=True)
     finally:
         for env in envs.values():

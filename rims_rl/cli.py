@@ -351,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     imitation = commands.add_parser(
         "imitation",
         help="behaviour cloning on HalfCheetah from pixels, evaluated under joint noise (paper Table 6)",
-        description="Stages: expert (state PPO), collect (rendered expert episodes), bc (sequence BC per model), "
-        "evaluate (returns with and without joint noise); run = all, skipping finished ones.",
+        description="Stages: expert (state-based SAC or PPO), collect (rendered expert episodes), bc (sequence BC "
+        "per model), evaluate (returns with and without joint noise); run = all, skipping finished ones.",
     )
     imitation.add_argument("stage", choices=["expert", "collect", "bc", "evaluate", "run"], help="stage to run")
     imitation.add_argument(

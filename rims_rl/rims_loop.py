@@ -12,12 +12,17 @@ gates per row) is never formed: its products with the values and with ``weight_i
 It covers one input row, input attention, the LSTM cell, with or without communication and with
 dropout off (RL configs set it to 0; :meth:`RIMs._run` falls back to eager autograd otherwise). The
 values equal the eager path's; the tests compare both, gradients included, in float64.
+
+On CPU the two loops run compiled (:mod:`rims_rl.native`, same arithmetic, same step-major layouts:
+every per-step tensor is stacked as ``(T, ...)``) when the extension builds, here in Python otherwise.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from rims_rl import native
 
 
 class LoopSpec:
@@ -130,15 +135,61 @@ def backward_step(
     return dh, dc, grads
 
 
+def _compiled(tensor: Tensor):
+    """The compiled loop for this tensor's device and dtype, or None."""
+    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
+        return None
+    return native.loop()
+
+
+def _keep_all(keep, reset_steps: set[int], like: Tensor) -> Tensor:
+    """The per-step keep masks as one ``(T, B)`` tensor (empty without resets), for the compiled loop."""
+    if not reset_steps:
+        return like.new_empty(0)
+    return torch.stack(keep).reshape(len(keep), -1).contiguous()
+
+
+def _or_empty(tensor: Tensor | None, like: Tensor) -> Tensor:
+    return like.new_empty(0) if tensor is None else tensor.contiguous()
+
+
+_SAVED = ("h", "c", "q", "p", "mask", "act", "g", "tanh_c", "h_mix", "qkv", "attention", "read", "sig", "tanh_u")
+
+
 def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int], keep, save: bool):
     """The forward loop. ``tensors``: keys (T, B, H, dk) scaled, values (rows >= T * B, H * dv),
     weight_ih (K, H * dv, G), h0, c0 (K, B, U), hidden weight (K, U, G + H * dk) and bias
     (K, 1, G + H * dk), comm qkv weight (K, U, QKV) scaled, comm output weight (K, Hv, 2U) and bias
     (K, 1, 2U) (the comm ones None without communication). Returns outputs (T, K, B, U), h_T, c_T
-    and, with ``save``, the per-step tensors stacked as ``(K, T, ...)`` plus the value gates."""
+    and, with ``save``, the per-step tensors stacked as ``(T, ...)`` plus the value gates."""
     keys, values, weight_ih, h, c, *weights = tensors
     steps = keys.shape[0]
     gates_in = value_gates(values, weight_ih, spec.heads, steps, spec.batch)
+    compiled = _compiled(keys)
+    if compiled is not None:
+        results = compiled.forward_loop(
+            keys.contiguous(),
+            gates_in,
+            h.contiguous(),
+            c.contiguous(),
+            *(_or_empty(w, keys) for w in weights),
+            _keep_all(keep, reset_steps, keys),
+            sorted(reset_steps),
+            spec.k_active,
+            spec.comm_heads,
+            spec.comm_key,
+            spec.comm_value,
+            spec.communication,
+            save,
+        )
+        outputs, h, c, *per_step = results
+        stacked = None
+        if save:
+            stacked = {
+                name: value for name, value in zip(_SAVED[: len(per_step)], per_step, strict=True) if value is not None
+            }
+            stacked["gates_in"] = gates_in
+        return outputs, h, c, stacked
     outputs, steps_saved = [], []
     # Per-step views made in one call each rather than one indexing op per step.
     for t, (keys_t, gates_t) in enumerate(zip(keys.unbind(0), gates_in.unbind(1), strict=True)):
@@ -153,7 +204,7 @@ def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int],
     stacked = None
     if save:
         stacked = {
-            name: torch.stack([saved[name] for saved in steps_saved], dim=1)
+            name: torch.stack([saved[name] for saved in steps_saved])
             for name in steps_saved[0]
             if steps_saved[0][name] is not None
         }
@@ -162,7 +213,7 @@ def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int],
 
 
 def _factors(spec: LoopSpec, saved: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Every local derivative the backward multiplies by, for all steps at once ((K, T, ...)), with
+    """Every local derivative the backward multiplies by, for all steps at once ((T, K, ...)), with
     the active mask folded in so that the loop does as few small ops as possible."""
     i, f, _, o = saved["act"].chunk(4, dim=-1)
     g, c, tanh_c = saved["g"], saved["c"], saved["tanh_c"]
@@ -171,7 +222,7 @@ def _factors(spec: LoopSpec, saved: dict[str, Tensor]) -> dict[str, Tensor]:
     factors = {
         "mask": mask,
         "unmask": 1.0 - mask,
-        "f": f,
+        "f": f.contiguous(),
         # d c_new / d h_cell through h_cell = o tanh(c_new), for active units only.
         "cell_to_c": mask * o * d_tanh_c,
         # d pre-activation of (i, f, g, o) per unit of (d c_new, d c_new, d c_new, d h_cell).
@@ -186,6 +237,26 @@ def _factors(spec: LoopSpec, saved: dict[str, Tensor]) -> dict[str, Tensor]:
         out = torch.stack([sig * (1.0 - tanh_u * tanh_u), tanh_u * sig * (1.0 - sig)], -2)
         factors["out"] = out * mask.unsqueeze(-1)
     return factors
+
+
+def _backward_loop(spec: LoopSpec, dh, dc, grad_outputs, keys, gates_in, saved, factors, weights_t, reset_steps, keep):
+    """The backward recurrence in Python: ``dh, dc`` before the first step and the per-step gradients
+    (projected, scores and, with communication, qkv and out) stacked as ``(T, K, B, n)``."""
+    per_step = {name: saved[name] for name in ("qkv", "attention") if name in saved} | factors
+    per_step = {name: value.unbind(0) for name, value in per_step.items()}
+    keys_t, gates_t, grad_outputs_t = keys.unbind(0), gates_in.unbind(1), grad_outputs.unbind(0)
+    output_gate = torch.arange(4, device=keys.device).eq(3).view(1, 1, 4, 1)
+    step_grads = []
+    for t in reversed(range(keys.shape[0])):
+        step = {name: value[t] for name, value in per_step.items()}
+        dh, dc, grads = backward_step(
+            spec, dh + grad_outputs_t[t], dc, step, keys_t[t], gates_t[t], *weights_t, output_gate
+        )
+        step_grads.append(grads)
+        if t in reset_steps:
+            dh, dc = dh * keep[t], dc * keep[t]
+    grad = {name: torch.stack([grads[name] for grads in reversed(step_grads)]) for name in step_grads[0]}
+    return dh, dc, grad
 
 
 class FusedLoop(torch.autograd.Function):
@@ -208,40 +279,58 @@ class FusedLoop(torch.autograd.Function):
         steps, gates = keys.shape[0], 4 * size
         factors = _factors(spec, saved)
         gates_in = saved["gates_in"]
-        dh = grad_h.clone() if grad_h is not None else grad_outputs.new_zeros(units, batch, size)
-        dc = grad_c.clone() if grad_c is not None else grad_outputs.new_zeros(units, batch, size)
+        dh = grad_h if grad_h is not None else grad_outputs.new_zeros(units, batch, size)
+        dc = grad_c if grad_c is not None else grad_outputs.new_zeros(units, batch, size)
         weights_t = [
             None if w is None else w.transpose(1, 2).contiguous() for w in (hidden_weight, qkv_weight, out_weight)
         ]
-        per_step = {name: saved[name] for name in ("qkv", "attention") if name in saved} | factors
-        per_step = {name: value.unbind(1) for name, value in per_step.items()}
-        keys_t, gates_t, grad_outputs_t = keys.unbind(0), gates_in.unbind(1), grad_outputs.unbind(0)
-        output_gate = torch.arange(4, device=keys.device).eq(3).view(1, 1, 4, 1)
-        step_grads = []
-        for t in reversed(range(steps)):
-            step = {name: value[t] for name, value in per_step.items()}
-            dh, dc, grads = backward_step(
-                spec, dh + grad_outputs_t[t], dc, step, keys_t[t], gates_t[t], *weights_t, output_gate
+        compiled = _compiled(keys)
+        if compiled is not None:
+            dh, dc, *grads = compiled.backward_loop(
+                dh.contiguous(),
+                dc.contiguous(),
+                grad_outputs.contiguous(),
+                keys.contiguous(),
+                gates_in,
+                *(factors[name].contiguous() for name in ("mask", "unmask", "f", "cell_to_c", "pre", "p")),
+                *(_or_empty(x, keys) for x in (factors.get("out"), saved.get("qkv"), saved.get("attention"))),
+                *(_or_empty(w, keys) for w in weights_t),
+                _keep_all(keep, ctx.reset_steps, keys),
+                sorted(ctx.reset_steps),
+                spec.comm_heads,
+                spec.comm_key,
+                spec.comm_value,
+                spec.communication,
             )
-            step_grads.append(grads)
-            if t in ctx.reset_steps:
-                dh, dc = dh * keep[t], dc * keep[t]
-        # (K, T, B, n): each weight's gradient over all steps is then one bmm of (K, T * B, n) views.
-        grad = {name: torch.stack([grads[name] for grads in reversed(step_grads)], dim=1) for name in step_grads[0]}
+            grad = dict(zip(("projected", "scores", "qkv", "out")[: len(grads)], grads, strict=True))
+        else:
+            dh, dc, grad = _backward_loop(
+                spec,
+                dh.clone(),
+                dc.clone(),
+                grad_outputs,
+                keys,
+                gates_in,
+                saved,
+                factors,
+                weights_t,
+                ctx.reset_steps,
+                keep,
+            )
         grad_projected, grad_scores = grad["projected"], grad["scores"]
 
         # Everything the recurrence did not need, for all steps at once.
-        def over_steps(x: Tensor) -> Tensor:  # (K, T, B, n) -> (K, T * B, n)
-            return x.reshape(units, steps * batch, -1)
+        def over_steps(x: Tensor) -> Tensor:  # (T, K, B, n) -> (K, T * B, n)
+            return x.transpose(0, 1).reshape(units, steps * batch, -1)
 
         d_hidden_weight = torch.bmm(over_steps(saved["h"]).transpose(1, 2), over_steps(grad_projected))
-        d_hidden_bias = grad_projected.sum((1, 2)).unsqueeze(1)
-        d_keys = (grad_scores.unsqueeze(-1) * saved["q"]).sum(0)
+        d_hidden_bias = grad_projected.sum((0, 2)).unsqueeze(1)
+        d_keys = (grad_scores.unsqueeze(-1) * saved["q"]).sum(1)
         # The value gates' gradient, p x d_pre, is never formed: its products with the values and
         # with weight_ih are taken directly.
         rows = steps * batch
         d_pre_all = over_steps(grad_projected[..., :gates])
-        p_all = saved["p"].reshape(units, rows, spec.heads, 1)
+        p_all = over_steps(saved["p"]).unsqueeze(-1)
         per_head = values[:rows].view(1, rows, spec.heads, -1)
         readout = (p_all * per_head).view(units, rows, -1)
         d_weight_ih = torch.bmm(readout.transpose(1, 2), d_pre_all)
@@ -252,7 +341,7 @@ class FusedLoop(torch.autograd.Function):
         if spec.communication:
             d_qkv_weight = torch.bmm(over_steps(saved["h_mix"]).transpose(1, 2), over_steps(grad["qkv"]))
             d_out_weight = torch.bmm(over_steps(saved["read"]).transpose(1, 2), over_steps(grad["out"]))
-            d_out_bias = grad["out"].sum((1, 2)).unsqueeze(1)
+            d_out_bias = grad["out"].sum((0, 2)).unsqueeze(1)
         return (
             None,
             None,

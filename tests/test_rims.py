@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from rims_rl import RIMs
+from rims_rl import RIMs, native, rims_loop
 from tests.reference import reference_run
 
 CELLS = ["lstm", "gru"]
@@ -302,11 +302,31 @@ def _graph_names(tensor: torch.Tensor, depth: int = 6) -> set[str]:
     return names
 
 
+class _CountingLoop:
+    """Stands in for the compiled module and counts the calls that reach it."""
+
+    def __init__(self, module) -> None:
+        self.module, self.calls = module, {"forward_loop": 0, "backward_loop": 0}
+
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls[name] += 1
+            return getattr(self.module, name)(*args)
+
+        return call
+
+
+@pytest.mark.parametrize("loop", ["compiled", "python"])
 @pytest.mark.parametrize("variant", [{}, {"communication": False}, {"k_active": 5}])
-def test_fused_time_loop_equals_eager_autograd(variant):
+def test_fused_time_loop_equals_eager_autograd(variant, loop, monkeypatch):
     """The hand-written backward of ``rims_rl.rims_loop`` (taken for one input row, LSTM cells and no
     dropout) gives the values and every gradient of plain autograd through the per-step ops
-    (``forward_with_details`` always takes that path), with resets and a given state."""
+    (``forward_with_details`` always takes that path), with resets and a given state; both for the
+    compiled loop (``rims_rl/csrc``, which must build here) and for the Python one."""
+    compiled = native.loop()
+    assert compiled is not None, "the compiled RIMs loop did not build"
+    counting = _CountingLoop(compiled)
+    monkeypatch.setattr(rims_loop, "_compiled", lambda tensor: counting if loop == "compiled" else None)
     torch.manual_seed(21)
     module = small(**variant).double()
     x = torch.randn(9, 4, module.input_size, dtype=torch.float64, requires_grad=True)
@@ -331,6 +351,51 @@ def test_fused_time_loop_equals_eager_autograd(variant):
     for name, fused, eager in zip(names, *results, strict=True):
         torch.testing.assert_close(fused, eager, rtol=1e-9, atol=1e-11, msg=lambda m, name=name: f"{name}: {m}")
         assert fused.abs().sum() > 0, name
+    expected = (
+        {"forward_loop": 1, "backward_loop": 1} if loop == "compiled" else {"forward_loop": 0, "backward_loop": 0}
+    )
+    assert counting.calls == expected
+
+
+def test_compiled_loop_matches_python_loop_at_the_rl_shape(monkeypatch):
+    """At the PPO shape in float32 (6 units x 100, k_active 4, T=128, two sequences with a reset) the
+    compiled loop and the Python loop agree on outputs, final state and every gradient; and with
+    ``RIMS_RL_NATIVE=0`` the compiled one is not called."""
+    torch.manual_seed(4)
+    module = RIMs(64, 100, 6, 4, input_dropout=0.0, comm_dropout=0.0)
+    x = torch.randn(128, 2, 64, requires_grad=True)
+    starts = torch.zeros(128, 2)
+    starts[0] = starts[70, 1] = 1.0
+    results = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv("RIMS_RL_NATIVE", setting)
+        output, (h, c) = module(x, None, starts)
+        loss = output.pow(2).sum() + h.sum() + c.sum()
+        results.append((output, h, c, *torch.autograd.grad(loss, (x, *module.parameters()))))
+    for compiled, python in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, python, rtol=1e-4, atol=1e-5)
+    assert native.loop() is None
+    monkeypatch.setenv("RIMS_RL_NATIVE", "1")
+    assert native.loop() is not None
+
+
+def test_a_loop_that_cannot_build_warns_once_and_the_python_loop_runs(tmp_path, monkeypatch):
+    """No compiler, broken headers, a read-only cache: one warning naming the cause, then the same
+    results from the Python loop, and no second attempt in the process."""
+    broken = tmp_path / "rims_loop.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(native, "_SOURCE", broken)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setenv("RIMS_RL_BUILD_DIR", str(tmp_path / "build"))
+    torch.manual_seed(5)
+    module = small(k_active=2)
+    x = torch.randn(5, 3, module.input_size)
+    with pytest.warns(RuntimeWarning, match="compiled RIMs loop is unavailable"):
+        output, _ = module(x)
+    reference, _, _ = module.forward_with_details(x)
+    torch.testing.assert_close(output, reference)
+    assert native.loop() is None and native._tried
 
 
 def test_state_stays_bounded_under_large_weights():
