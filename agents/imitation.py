@@ -116,6 +116,12 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
     checkpoint = folder / "checkpoint.pt"
     saved = load_checkpoint(checkpoint) if checkpoint.is_file() else None
     algo, total = config["expert"]["algo"], config["expert"]["total_steps"]
+    expected = _expert_class(config).__name__
+    if saved is not None and saved.get("algorithm", expected) != expected:
+        raise ConfigError(
+            f"{checkpoint} holds a {saved['algorithm']} expert but expert.algo is {algo}: set expert.algo to "
+            f"{saved['algorithm'].lower()} to continue it, or delete the checkpoint to start over"
+        )
     settings = dict(config["expert"][algo])
     net_arch = settings.pop("net_arch")
     policy_kwargs = {"net_arch": net_arch}

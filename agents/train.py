@@ -305,6 +305,7 @@ def save_checkpoint(model, path: Path) -> None:
     env = model.get_env()
     saved = {
         "model": buffer.getvalue(),
+        "algorithm": type(model).__name__,  # so that a resume with another algorithm is refused, not misloaded
         "num_timesteps": model.num_timesteps,
         "rng": _rng_state(),
         "replay_buffer": pickle.dumps(replay) if replay is not None else None,

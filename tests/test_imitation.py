@@ -251,6 +251,12 @@ def test_expert_crash_resumes_from_its_checkpoint(tmp_path, monkeypatch, algo_ov
     first = load_checkpoint(tmp_path / "expert" / "checkpoint.pt")
     assert first["num_timesteps"] == 200
     assert not (tmp_path / "expert" / "expert.json").exists()
+    # The same folder with the other algorithm is refused in one line before anything starts.
+    other = "ppo" if "expert.algo=sac" in algo_overrides else "sac"
+    mismatched = load_imitation_config("mujoco/halfcheetah.yaml", [*overrides, f"expert.algo={other}"])
+    with pytest.raises(ConfigError, match=f"holds a {first['algorithm']} expert but expert.algo is {other}"):
+        imitation.expert(mismatched, tmp_path, log=quiet)
+    assert load_checkpoint(tmp_path / "expert" / "checkpoint.pt")["num_timesteps"] == 200
 
     messages: list[str] = []
     config = load_imitation_config("mujoco/halfcheetah.yaml", [*overrides, "expert.total_steps=300"])
