@@ -116,8 +116,8 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
     checkpoint = folder / "checkpoint.pt"
     saved = load_checkpoint(checkpoint) if checkpoint.is_file() else None
     algo, total = config["expert"]["algo"], config["expert"]["total_steps"]
-    expected = _expert_class(config).__name__
-    if saved is not None and saved.get("algorithm", expected) != expected:
+    algorithm = _expert_class(config)
+    if saved is not None and saved.get("algorithm", algorithm.__name__) != algorithm.__name__:
         raise ConfigError(
             f"{checkpoint} holds a {saved['algorithm']} expert but expert.algo is {algo}: set expert.algo to "
             f"{saved['algorithm'].lower()} to continue it, or delete the checkpoint to start over"
@@ -143,13 +143,13 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
         env = VecNormalize(env, gamma=settings["gamma"])
     try:
         if saved is not None:
-            model = _expert_class(config).load(io.BytesIO(saved["model"]), env=env, device="cpu")
+            model = algorithm.load(io.BytesIO(saved["model"]), env=env, device="cpu")
             if saved["replay_buffer"] is not None:
                 model.replay_buffer = pickle.loads(saved["replay_buffer"])
             set_rng_state(saved["rng"])
             log(f"expert: resuming {algo.upper()} at step {model.num_timesteps} of {total}")
         else:
-            model = _expert_class(config)(
+            model = algorithm(
                 "MlpPolicy", env, policy_kwargs=policy_kwargs, seed=seed, device="cpu", verbose=0, **settings
             )
             log(f"expert: {algo.upper()} on the state vector for {total} steps")

@@ -374,7 +374,7 @@ class RIMs(nn.Module):
         c = state[1].reshape(batch, units, size).transpose(0, 1)
         keep, reset_steps = None, ()
         if episode_starts is not None:
-            keep = (1.0 - episode_starts.to(x.dtype)).unsqueeze(-1).unbind(0)
+            keep = (1.0 - episode_starts.to(x.dtype)).unsqueeze(-1)  # (T, B, 1); indexed only at reset steps
             # Multiplying by a mask of ones would only cost time (in training, resets fall on step 0).
             reset_steps = set(episode_starts.ne(0).any(1).nonzero().flatten().tolist())
 

@@ -142,11 +142,10 @@ def _compiled(tensor: Tensor):
     return native.loop()
 
 
-def _keep_all(keep, reset_steps: set[int], like: Tensor) -> Tensor:
-    """The per-step keep masks as one ``(T, B)`` tensor (empty without resets), for the compiled loop."""
-    if not reset_steps:
-        return like.new_empty(0)
-    return torch.stack(keep).reshape(len(keep), -1).contiguous()
+def _keep_all(keep: Tensor | None, reset_steps: set[int], like: Tensor) -> Tensor:
+    """The keep masks ``(T, B, 1)`` as ``(T, B)`` (empty without resets), for the compiled loop."""
+    # contiguous: sb3-contrib's episode starts arrive transposed, and 1 - starts keeps their strides
+    return keep.reshape(keep.shape[0], -1).contiguous() if reset_steps else like.new_empty(0)
 
 
 def _or_empty(tensor: Tensor | None, like: Tensor) -> Tensor:
@@ -167,11 +166,12 @@ def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int],
     gates_in = value_gates(values, weight_ih, spec.heads, steps, spec.batch)
     compiled = _compiled(keys)
     if compiled is not None:
+        # keys, h and c come contiguous from RIMs._run_fused; the C++ side checks.
         results = compiled.forward_loop(
-            keys.contiguous(),
+            keys,
             gates_in,
-            h.contiguous(),
-            c.contiguous(),
+            h,
+            c,
             *(_or_empty(w, keys) for w in weights),
             _keep_all(keep, reset_steps, keys),
             sorted(reset_steps),
@@ -290,7 +290,7 @@ class FusedLoop(torch.autograd.Function):
                 dh.contiguous(),
                 dc.contiguous(),
                 grad_outputs.contiguous(),
-                keys.contiguous(),
+                keys,
                 gates_in,
                 *(factors[name].contiguous() for name in ("mask", "unmask", "f", "cell_to_c", "pre", "p")),
                 *(_or_empty(x, keys) for x in (factors.get("out"), saved.get("qkv"), saved.get("attention"))),
@@ -306,8 +306,8 @@ class FusedLoop(torch.autograd.Function):
         else:
             dh, dc, grad = _backward_loop(
                 spec,
-                dh.clone(),
-                dc.clone(),
+                dh,
+                dc,
                 grad_outputs,
                 keys,
                 gates_in,
