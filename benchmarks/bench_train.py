@@ -4,9 +4,10 @@ Four agents with the PPO settings of ``configs/atari/ppo_rims.yaml`` (8 envs, n_
 epochs, batch 256) on the same environment: feed-forward PPO (SB3 ``CnnPolicy``, frame stack 4),
 sb3-contrib's stock ``CnnLstmPolicy``, our same-structure LSTM policy and our RIMs policy. After a
 warm-up iteration each, the agents take turns for ``--iterations`` rounds; the table prints each
-agent's steps/s (from its median iteration) and the ratios. ``--python-loop`` adds a fifth agent, the
-RIMs policy with the compiled time loop off (``RIMS_RL_NATIVE=0`` during its turns), to measure what
-the compiled loop gives in the same run.
+agent's steps/s (from its median iteration), the ratios, and the median seconds of an iteration's two
+phases: collecting the rollout and the update (epochs of minibatch gradient steps). ``--python-loop``
+adds a fifth agent, the RIMs policy with the compiled time loop off (``RIMS_RL_NATIVE=0`` during its
+turns), to measure what the compiled loop gives in the same run.
 
     python benchmarks/bench_train.py [--env Pong] [--iterations 3] [--python-loop] [--output docs/bench_train.md]
 """
@@ -24,18 +25,37 @@ from rims_rl.agents.train import build_model, parse_schedule, resolve_config
 from rims_rl.envs import make_env
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
 
 PYTHON_LOOP = "RimsPPO RimsCnnPolicy, Python time loop (RIMS_RL_NATIVE=0)"
 
 
-def one_iteration(model, native: bool = True) -> float:
-    """Seconds for one PPO iteration (collect n_steps x n_envs, then update)."""
+class CollectionTimer(BaseCallback):
+    """Seconds spent collecting the rollout; the rest of an iteration is the update."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds = 0.0
+
+    def _on_rollout_start(self) -> None:
+        self._start = time.perf_counter()
+
+    def _on_rollout_end(self) -> None:
+        self.seconds = time.perf_counter() - self._start
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def one_iteration(model, native: bool = True) -> tuple[float, float]:
+    """Seconds for one PPO iteration (collect n_steps x n_envs, then update), and of it collecting."""
     previous = os.environ.get("RIMS_RL_NATIVE")
     os.environ["RIMS_RL_NATIVE"] = "1" if native else "0"
+    timer = CollectionTimer()
     try:
         start = time.perf_counter()
-        model.learn(model.n_steps * model.n_envs, reset_num_timesteps=False)
-        return time.perf_counter() - start
+        model.learn(model.n_steps * model.n_envs, reset_num_timesteps=False, callback=timer)
+        return time.perf_counter() - start, timer.seconds
     finally:
         if previous is None:
             del os.environ["RIMS_RL_NATIVE"]
@@ -72,7 +92,7 @@ def main() -> None:
         models = {name: make(envs[name]) for name, make in agents.items()}
         for name, model in models.items():
             one_iteration(model, native=name != PYTHON_LOOP)  # warm-up
-        times: dict[str, list[float]] = {name: [] for name in agents}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in agents}
         for round_ in range(args.iterations):
             for name, model in models.items():
                 times[name].append(one_iteration(model, native=name != PYTHON_LOOP))
@@ -80,9 +100,11 @@ def main() -> None:
     finally:
         for env in envs.values():
             env.close()
-    results = {
-        name: models[name].n_steps * models[name].n_envs / statistics.median(seconds) for name, seconds in times.items()
-    }
+    steps = {name: model.n_steps * model.n_envs for name, model in models.items()}
+    results = {name: steps[name] / statistics.median(total for total, _ in runs) for name, runs in times.items()}
+    # Medians of each phase on their own: where an agent's extra time goes.
+    collect = {name: statistics.median(part for _, part in runs) for name, runs in times.items()}
+    update = {name: statistics.median(total - part for total, part in runs) for name, runs in times.items()}
 
     stock = results["RecurrentPPO CnnLstmPolicy (stock)"]
     feed_forward = results["PPO CnnPolicy (feed-forward)"]
@@ -92,11 +114,14 @@ def main() -> None:
         f"torch {torch.__version__} on {args.device} ({platform.machine()}, {torch.get_num_threads()} threads); "
         f"median of {args.iterations} timed iterations per agent, agents taking turns, after one warm-up.",
         "",
-        "| agent | env steps/s | vs stock CnnLstmPolicy | vs feed-forward PPO |",
-        "|---|---|---|---|",
+        "| agent | env steps/s | vs stock CnnLstmPolicy | vs feed-forward PPO | collect s | update s |",
+        "|---|---|---|---|---|---|",
     ]
     for name, rate in results.items():
-        lines.append(f"| {name} | {rate:.0f} | {rate / stock:.2f}x | {rate / feed_forward:.2f}x |")
+        lines.append(
+            f"| {name} | {rate:.0f} | {rate / stock:.2f}x | {rate / feed_forward:.2f}x "
+            f"| {collect[name]:.2f} | {update[name]:.2f} |"
+        )
     print("\n".join(lines))
     if args.output:
         with open(args.output, "w") as handle:

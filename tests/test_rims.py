@@ -317,24 +317,25 @@ class _CountingLoop:
 
 
 @pytest.mark.parametrize("loop", ["compiled", "python"])
-@pytest.mark.parametrize("variant", [{}, {"communication": False}, {"k_active": 5}])
-def test_fused_time_loop_equals_eager_autograd(variant, loop, monkeypatch):
+@pytest.mark.parametrize(("variant", "steps"), [({}, 9), ({"communication": False}, 9), ({"k_active": 5}, 9), ({}, 3)])
+def test_fused_time_loop_equals_eager_autograd(variant, steps, loop, monkeypatch):
     """The hand-written backward of ``rims_rl.rims_loop`` (taken for one input row, LSTM cells and no
     dropout) gives the values and every gradient of plain autograd through the per-step ops
     (``forward_with_details`` always takes that path), with resets and a given state; both for the
-    compiled loop (``rims_rl/csrc``, which must build here) and for the Python one."""
+    compiled loop (``rims_rl/csrc``, which must build here) and for the Python one. Three steps: the
+    compiled loop reads its weights in place instead of repacking them."""
     compiled = native.loop()
     assert compiled is not None, "the compiled RIMs loop did not build"
     counting = _CountingLoop(compiled)
     monkeypatch.setattr(rims_loop, "_compiled", lambda tensor: counting if loop == "compiled" else None)
     torch.manual_seed(21)
     module = small(**variant).double()
-    x = torch.randn(9, 4, module.input_size, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(steps, 4, module.input_size, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(1, 4, module.hidden_size, dtype=torch.float64, requires_grad=True)
     c0 = torch.randn(1, 4, module.hidden_size, dtype=torch.float64, requires_grad=True)
-    starts = torch.zeros(9, 4)
-    starts[0, 2] = starts[4, 1] = starts[4, 3] = 1.0
-    weights = torch.randn(9, 4, module.hidden_size, dtype=torch.float64)
+    starts = torch.zeros(steps, 4)
+    starts[0, 2] = starts[steps // 2, 1] = starts[steps // 2, 3] = 1.0
+    weights = torch.randn(steps, 4, module.hidden_size, dtype=torch.float64)
     results = []
     for path in ("fused", "eager"):
         module.zero_grad()
@@ -357,15 +358,17 @@ def test_fused_time_loop_equals_eager_autograd(variant, loop, monkeypatch):
     assert counting.calls == expected
 
 
-def test_compiled_loop_matches_python_loop_at_the_rl_shape(monkeypatch):
-    """At the PPO shape in float32 (6 units x 100, k_active 4, T=128, two sequences with a reset) the
-    compiled loop and the Python loop agree on outputs, final state and every gradient; and with
-    ``RIMS_RL_NATIVE=0`` the compiled one is not called."""
+@pytest.mark.parametrize(("steps", "batch"), [(128, 2), (2, 8)])
+def test_compiled_loop_matches_python_loop_at_the_rl_shape(steps, batch, monkeypatch):
+    """At the PPO shapes in float32 (6 units x 100, k_active 4; a minibatch of two sequences of 128
+    steps with a reset, and two acting steps of 8 envs, where the compiled loop reads its weights in
+    place) the compiled loop and the Python loop agree on outputs, final state and every gradient; and
+    with ``RIMS_RL_NATIVE=0`` the compiled one is not called."""
     torch.manual_seed(4)
     module = RIMs(64, 100, 6, 4, input_dropout=0.0, comm_dropout=0.0)
-    x = torch.randn(128, 2, 64, requires_grad=True)
-    starts = torch.zeros(128, 2)
-    starts[0] = starts[70, 1] = 1.0
+    x = torch.randn(steps, batch, 64, requires_grad=True)
+    starts = torch.zeros(steps, batch)
+    starts[0] = starts[steps * 5 // 9, 1] = 1.0
     results = []
     for setting in ("1", "0"):
         monkeypatch.setenv("RIMS_RL_NATIVE", setting)
@@ -374,6 +377,12 @@ def test_compiled_loop_matches_python_loop_at_the_rl_shape(monkeypatch):
         results.append((output, h, c, *torch.autograd.grad(loss, (x, *module.parameters()))))
     for compiled, python in zip(*results, strict=True):
         torch.testing.assert_close(compiled, python, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # acting: the loop keeps no per-step tensors
+        acting = []
+        for setting in ("1", "0"):
+            monkeypatch.setenv("RIMS_RL_NATIVE", setting)
+            acting.append(module(x, None, starts)[0])
+    torch.testing.assert_close(*acting, rtol=1e-4, atol=1e-5)
     assert native.loop() is None
     monkeypatch.setenv("RIMS_RL_NATIVE", "1")
     assert native.loop() is not None

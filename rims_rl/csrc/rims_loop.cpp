@@ -1,13 +1,19 @@
 // The fused RIMs time loop (rims_rl/rims_loop.py) for CPU tensors, compiled on first use.
 //
 // Same arithmetic as run_loop / the backward loop there, in the same step-major layouts. At recurrent
-// PPO's minibatch shapes (a few sequences of 128 steps) each step's elementwise work is a few thousand
-// numbers: here it runs as plain loops, and only the per-unit projections go through ATen (bmm), so a
-// step costs a handful of dispatches instead of about thirty ops in each direction.
+// PPO's minibatch shapes (a few sequences of 128 steps) a step is a few rows through each unit's
+// weights: the per-unit products are memory- and latency-bound, not arithmetic-bound. So each step's
+// work is split by unit across threads (ATen's parallel_for, a few phases per step), the products
+// stream repacked weights through a register-blocked kernel, and sigmoid and tanh are vectorised here:
+// a step makes no ATen calls at all.
 #include <torch/extension.h>
+
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -15,9 +21,13 @@ namespace {
 
 using at::Tensor;
 
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+// Work is split across threads by unit: within a phase of a step each unit reads only its own rows and
+// weights, so the units' matmuls (memory-bound at a few rows) stream their weights on every core.
+template <typename F>
+void each_unit(int64_t units, const F& f) {
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) f(k);
+  });
 }
 
 // A dot product with four running sums: the loop vectorises and is not bound by one sum's latency.
@@ -33,6 +43,219 @@ inline T dot(const T* a, const T* b, int64_t n) {
   }
   for (; i < n; ++i) s0 += a[i] * b[i];
   return (s0 + s1) + (s2 + s3);
+}
+
+// Per-unit weights (units, rows, N) read in panels of kPanel columns. For a long loop every panel is
+// repacked once per call into (rows, kPanel) blocks, so that each step's row-times-matrix products read
+// their weights in one sequential stream; for a step or two (acting) only the ragged last panel is
+// (zero-padded), the others are read in place with a row stride of N.
+constexpr int64_t kPanel = 32;
+
+template <typename T>
+struct Panels {
+  Tensor dense;
+  std::vector<T> packed;  // (units, panels - first_packed, rows, kPanel)
+  int64_t rows = 0, N = 0, panels = 0, first_packed = 0;
+  const T* at(int64_t k, int64_t p, int64_t& stride) const {
+    if (p < first_packed) {
+      stride = N;
+      return dense.data_ptr<T>() + k * rows * N + p * kPanel;
+    }
+    stride = kPanel;
+    return packed.data() + ((k * (panels - first_packed)) + p - first_packed) * rows * kPanel;
+  }
+};
+
+template <typename T>
+Panels<T> panels_of(const Tensor& weight, bool pack_all) {
+  Panels<T> w;
+  if (!weight.defined() || weight.numel() == 0) return w;
+  w.dense = weight.contiguous();
+  const int64_t units = weight.size(0);
+  w.rows = weight.size(1);
+  w.N = weight.size(2);
+  w.panels = (w.N + kPanel - 1) / kPanel;
+  w.first_packed = pack_all ? 0 : w.N / kPanel;
+  const int64_t stored = w.panels - w.first_packed;
+  w.packed.assign(units * stored * w.rows * kPanel, T(0));
+  const T* src = w.dense.template data_ptr<T>();
+  for (int64_t k = 0; k < units; ++k)
+    for (int64_t p = w.first_packed; p < w.panels; ++p)
+      for (int64_t r = 0; r < w.rows; ++r) {
+        const int64_t n0 = p * kPanel, width = std::min(kPanel, w.N - n0);
+        std::copy_n(src + (k * w.rows + r) * w.N + n0, width,
+                    w.packed.data() + ((k * stored + p - w.first_packed) * w.rows + r) * kPanel);
+      }
+  return w;
+}
+
+// Packing pays for itself over a few steps.
+constexpr int64_t kPackFrom = 4;
+
+// The float kernels below are written with GCC/Clang vector types, compiled twice on x86-64: for the
+// baseline and for AVX2 with FMA, taken where the CPU has them (checked once).
+#define RIMS_INLINE inline __attribute__((always_inline))
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+RIMS_INLINE v8 load8(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+RIMS_INLINE void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
+RIMS_INLINE v8 splat(float x) { return v8{} + x; }
+
+// exp by range reduction (x = n ln2 + r, |r| <= ln2 / 2) and a degree-6 polynomial: within 2 ulp.
+RIMS_INLINE v8 exp8(v8 x) {
+  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  x = x > splat(88.0f) ? splat(88.0f) : x;
+  const v8 shifter = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+  const v8 t = x * 1.44269504088896341f + shifter;
+  const v8 n = t - shifter;
+  const v8 r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  v8 poly = splat(1.9875691500e-4f);
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = (poly * r) * r + r + 1.0f;
+  v8i bits;
+  std::memcpy(&bits, &t, sizeof(bits));
+  const v8i scale = (bits - 0x4B400000 + 127) << 23;
+  v8 factor;
+  std::memcpy(&factor, &scale, sizeof(factor));
+  return poly * factor;
+}
+
+RIMS_INLINE void sigmoid_body(float* out, const float* in, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) store8(out + i, splat(1.0f) / (splat(1.0f) + exp8(-load8(in + i))));
+  for (; i < n; ++i) out[i] = 1.0f / (1.0f + std::exp(-in[i]));
+}
+
+RIMS_INLINE void tanh_body(float* out, const float* in, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const v8 x = load8(in + i);
+    // tanh x = 1 - 2 / (exp(2x) + 1), with |x| small taken as x (cancellation in the difference)
+    const v8 big = splat(1.0f) - splat(2.0f) / (exp8(x + x) + 1.0f);
+    const v8 x2 = x * x;
+    const v8 small = x + x * x2 * (splat(-1.0f / 3) + x2 * (splat(2.0f / 15) + x2 * splat(-17.0f / 315)));
+    store8(out + i, (x * x) < splat(0.0625f) ? small : big);
+  }
+  for (; i < n; ++i) out[i] = std::tanh(in[i]);
+}
+
+// R rows of y (stride N) = init + x (stride Kd) @ one panel of packed weights, columns [n0, n0 + width).
+template <int R>
+RIMS_INLINE void panel_rows(const float* x, int64_t Kd, const float* panel, int64_t stride, const float* init,
+                            int64_t init_ld, float* y, int64_t N, int64_t n0, int64_t width) {
+  v8 acc[R][4] = {};
+  for (int64_t k = 0; k < Kd; ++k) {
+    const float* w = panel + k * stride;
+    v8 xs[R];
+    for (int r = 0; r < R; ++r) xs[r] = splat(x[r * Kd + k]);
+    for (int j = 0; j < 4; ++j) {
+      const v8 wj = load8(w + 8 * j);
+      for (int r = 0; r < R; ++r) acc[r][j] += wj * xs[r];
+    }
+  }
+  float row[kPanel];
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < 4; ++j) store8(row + 8 * j, acc[r][j]);
+    float* out = y + r * N + n0;
+    const float* add = init ? init + r * init_ld + n0 : nullptr;
+    for (int64_t j = 0; j < width; ++j) out[j] = add ? row[j] + add[j] : row[j];
+  }
+}
+
+// y[:, n0 : n0 + width] (B rows, stride N) = init + x (B, Kd) @ one panel (Kd rows, given stride).
+RIMS_INLINE void panel_body(const float* x, int64_t B, int64_t Kd, const float* panel, int64_t stride,
+                            const float* init, int64_t init_ld, float* y, int64_t N, int64_t n0, int64_t width) {
+  int64_t b = 0;
+  auto rows_at = [&](int64_t first) { return init ? init + first * init_ld : nullptr; };
+  // Three rows at a time fill AVX2's 16 registers (12 sums, 3 broadcasts, one weight vector).
+  for (; b + 3 <= B; b += 3) panel_rows<3>(x + b * Kd, Kd, panel, stride, rows_at(b), init_ld, y + b * N, N, n0, width);
+  if (b + 2 <= B)
+    panel_rows<2>(x + b * Kd, Kd, panel, stride, rows_at(b), init_ld, y + b * N, N, n0, width);
+  else if (b < B)
+    panel_rows<1>(x + b * Kd, Kd, panel, stride, rows_at(b), init_ld, y + b * N, N, n0, width);
+}
+
+#define RIMS_PANEL_ARGS                                                                                    \
+  const float *x, int64_t B, int64_t Kd, const float *panel, int64_t stride, const float *init, int64_t init_ld, \
+      float *y, int64_t N, int64_t n0, int64_t width
+#define RIMS_PANEL_CALL x, B, Kd, panel, stride, init, init_ld, y, N, n0, width
+#if defined(__x86_64__) && defined(__GNUC__)
+#define RIMS_AVX2 __attribute__((target("avx2,fma")))
+RIMS_AVX2 void sigmoid_avx2(float* out, const float* in, int64_t n) { sigmoid_body(out, in, n); }
+RIMS_AVX2 void tanh_avx2(float* out, const float* in, int64_t n) { tanh_body(out, in, n); }
+RIMS_AVX2 void panel_avx2(RIMS_PANEL_ARGS) { panel_body(RIMS_PANEL_CALL); }
+const bool kAvx2 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}();
+#else
+const bool kAvx2 = false;
+void sigmoid_avx2(float*, const float*, int64_t) {}
+void tanh_avx2(float*, const float*, int64_t) {}
+void panel_avx2(RIMS_PANEL_ARGS) {}
+#endif
+void sigmoid_f32(float* out, const float* in, int64_t n) { kAvx2 ? sigmoid_avx2(out, in, n) : sigmoid_body(out, in, n); }
+void tanh_f32(float* out, const float* in, int64_t n) { kAvx2 ? tanh_avx2(out, in, n) : tanh_body(out, in, n); }
+void panel_f32(RIMS_PANEL_ARGS) { kAvx2 ? panel_avx2(RIMS_PANEL_CALL) : panel_body(RIMS_PANEL_CALL); }
+
+// y (B, N) = init + x (B, Kd) @ unit k's W (Kd, N); init null (zeros), one row for all (init_ld 0) or
+// B rows with stride init_ld.
+template <typename T>
+void gemm(const T* x, int64_t B, const Panels<T>& w, int64_t unit, const T* init, int64_t init_ld, T* y) {
+  for (int64_t p = 0; p < w.panels; ++p) {
+    int64_t stride = 0;
+    const T* panel = w.at(unit, p, stride);
+    const int64_t n0 = p * kPanel, width = std::min(kPanel, w.N - n0);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < width; ++j) {
+        T sum = 0;
+        for (int64_t k = 0; k < w.rows; ++k) sum += x[b * w.rows + k] * panel[k * stride + j];
+        y[b * w.N + n0 + j] = init ? sum + init[b * init_ld + n0 + j] : sum;
+      }
+  }
+}
+
+template <>
+void gemm<float>(const float* x, int64_t B, const Panels<float>& w, int64_t unit, const float* init, int64_t init_ld,
+                 float* y) {
+  for (int64_t p = 0; p < w.panels; ++p) {
+    int64_t stride = 0;
+    const float* panel = w.at(unit, p, stride);
+    const int64_t n0 = p * kPanel;
+    panel_f32(x, B, w.rows, panel, stride, init, init_ld, y, w.N, n0, std::min(kPanel, w.N - n0));
+  }
+}
+
+template <typename T>
+void sigmoid_n(T* out, const T* in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = T(1) / (T(1) + std::exp(-in[i]));
+}
+template <>
+void sigmoid_n<float>(float* out, const float* in, int64_t n) {
+  sigmoid_f32(out, in, n);
+}
+template <typename T>
+void tanh_n(T* out, const T* in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = std::tanh(in[i]);
+}
+template <>
+void tanh_n<float>(float* out, const float* in, int64_t n) {
+  tanh_f32(out, in, n);
+}
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
 }
 
 struct Sizes {
@@ -74,182 +297,184 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& gates_in, con
                                  const Tensor& hidden_weight, const Tensor& hidden_bias, const Tensor& qkv_weight,
                                  const Tensor& out_weight, const Tensor& out_bias, const Tensor& keep,
                                  const std::vector<bool>& reset, const Sizes& s, bool save) {
-  const int64_t T = s.T, B = s.B, K = s.K, U = s.U, G = s.G, H = s.H, dk = s.dk, NP = s.NP;
+  using T = scalar_t;
+  const int64_t steps = s.T, B = s.B, K = s.K, U = s.U, G = s.G, H = s.H, dk = s.dk, NP = s.NP;
   const int64_t KB = K * B, KBU = K * B * U;
+  const int64_t Hc = s.Hc, ck = s.ck, cv = s.cv, QKV = s.QKV, Hv = s.Hc * s.cv;
   auto opts = h0.options();
   auto stack = [&](std::initializer_list<int64_t> per_step) {
-    std::vector<int64_t> shape{save ? T : 1};
+    std::vector<int64_t> shape{save ? steps : 1};
     shape.insert(shape.end(), per_step);
     return at::empty(shape, opts);
   };
   // With save, each buffer holds every step (the backward's inputs); without, one step, reused.
-  Tensor outputs = at::empty({T, K, B, U}, opts);
+  Tensor outputs = at::empty({steps, K, B, U}, opts);
   Tensor h_in = stack({K, B, U}), c_in = stack({K, B, U}), q = stack({K, B, H * dk}), p = stack({K, B, H});
   Tensor act = stack({K, B, G}), g = stack({K, B, U}), tanh_c = stack({K, B, U}), h_mix = stack({K, B, U});
-  Tensor mask = at::empty({save ? T : 1, K, B, 1}, opts.dtype(at::kBool));
-  Tensor qkv, attention, read, sig, tanh_u, update;
+  Tensor mask = at::empty({save ? steps : 1, K, B, 1}, opts.dtype(at::kBool));
+  Tensor qkv, attention, read, sig, tanh_u;
   if (s.comm) {
-    qkv = stack({K, B, s.QKV});
-    attention = stack({K, K, B, s.Hc, 1});
-    read = stack({K, B, s.Hc * s.cv});
+    qkv = stack({K, B, QKV});
+    attention = stack({K, K, B, Hc, 1});
+    read = stack({K, B, Hv});
     sig = stack({K, B, U});
     tanh_u = stack({K, B, U});
-    update = at::empty({K, B, 2 * U}, opts);
   }
-  Tensor projected = at::empty({K, B, NP}, opts);
-  Tensor c_next = at::empty({K, B, U}, opts), h_cell = at::empty({K, B, U}, opts), c_new = at::empty({K, B, U}, opts);
-  Tensor pre = at::empty({K, B, G}, opts);
-  std::vector<scalar_t> p_null(K), scores(K);
+  const bool pack_all = steps >= kPackFrom;
+  const Panels<T> w_hidden = panels_of<T>(hidden_weight, pack_all), w_qkv = panels_of<T>(qkv_weight, pack_all),
+                  w_out = panels_of<T>(out_weight, pack_all);
+  std::vector<T> projected(KB * NP), pre(KB * G), c_next(KBU), c_new(KBU), h_cell(KBU), update(s.comm ? KB * 2 * U : 0);
+  std::vector<T> scores(K * K), p_null(K);
   std::vector<int64_t> order(K);
   std::vector<char> active(KB, 1);
 
-  const scalar_t* keys_p = keys.data_ptr<scalar_t>();
-  const scalar_t* gates_p = gates_in.data_ptr<scalar_t>();
+  const T* keys_p = keys.data_ptr<T>();
+  const T* gates_p = gates_in.data_ptr<T>();
   const int64_t head_stride = gates_in.stride(0), step_stride = gates_in.stride(1);
-  const scalar_t* keep_p = reset.empty() ? nullptr : keep.data_ptr<scalar_t>();
+  const T* keep_p = reset.empty() ? nullptr : keep.data_ptr<T>();
+  const T* hidden_bias_p = hidden_bias.data_ptr<T>();
+  const T* out_bias_p = s.comm ? out_bias.data_ptr<T>() : nullptr;
+  T* out_all = outputs.data_ptr<T>();
 
-  for (int64_t t = 0; t < T; ++t) {
+  for (int64_t t = 0; t < steps; ++t) {
     const int64_t at_t = save ? t : 0;
-    Tensor h_in_t = h_in[at_t], c_in_t = c_in[at_t], h_mix_t = h_mix[at_t];
-    scalar_t* hin = h_in_t.data_ptr<scalar_t>();
-    scalar_t* cin = c_in_t.data_ptr<scalar_t>();
-    const scalar_t* hprev = t == 0 ? h0.data_ptr<scalar_t>() : outputs.data_ptr<scalar_t>() + (t - 1) * KBU;
-    const scalar_t* cprev = t == 0 ? c0.data_ptr<scalar_t>() : c_next.data_ptr<scalar_t>();
+    T* hin = h_in.data_ptr<T>() + at_t * KBU;
+    T* cin = c_in.data_ptr<T>() + at_t * KBU;
+    T* q_t = q.data_ptr<T>() + at_t * KB * H * dk;
+    T* p_t = p.data_ptr<T>() + at_t * KB * H;
+    T* act_t = act.data_ptr<T>() + at_t * KB * G;
+    T* g_t = g.data_ptr<T>() + at_t * KBU;
+    T* tanh_c_t = tanh_c.data_ptr<T>() + at_t * KBU;
+    T* hmix = h_mix.data_ptr<T>() + at_t * KBU;
+    bool* mask_t = mask.data_ptr<bool>() + at_t * KB;
+    T* out_t = out_all + t * KBU;
+    const T* hprev = t == 0 ? h0.data_ptr<T>() : out_all + (t - 1) * KBU;
+    const T* cprev = t == 0 ? c0.data_ptr<T>() : c_next.data();
     const bool resets = !reset.empty() && reset[t];
-    for (int64_t k = 0; k < K; ++k)
+    const T* gates_t = gates_p + t * step_stride;
+
+    // The cells of every unit, and their attention on the input (p).
+    each_unit(K, [&](int64_t k) {
       for (int64_t b = 0; b < B; ++b) {
-        const scalar_t kept = resets ? keep_p[t * B + b] : scalar_t(1);
+        const T kept = resets ? keep_p[t * B + b] : T(1);
         const int64_t row = (k * B + b) * U;
         for (int64_t u = 0; u < U; ++u) {
           hin[row + u] = resets ? hprev[row + u] * kept : hprev[row + u];
           cin[row + u] = resets ? cprev[row + u] * kept : cprev[row + u];
         }
       }
-    at::baddbmm_out(projected, hidden_bias, h_in_t, hidden_weight);
-
-    const scalar_t* proj = projected.data_ptr<scalar_t>();
-    scalar_t* q_t = q[at_t].data_ptr<scalar_t>();
-    scalar_t* p_t = p[at_t].data_ptr<scalar_t>();
-    Tensor act_step = act[at_t];
-    scalar_t* act_t = act_step.data_ptr<scalar_t>();
-    Tensor g_step = g[at_t], tanh_c_step = tanh_c[at_t];
-    scalar_t* g_t = g_step.data_ptr<scalar_t>();
-    scalar_t* tanh_c_t = tanh_c_step.data_ptr<scalar_t>();
-    scalar_t* cnew = c_new.data_ptr<scalar_t>();
-    scalar_t* hcell = h_cell.data_ptr<scalar_t>();
-    scalar_t* pre_p = pre.data_ptr<scalar_t>();
-    const scalar_t* gates_t = gates_p + t * step_stride;
-    for (int64_t k = 0; k < K; ++k)
+      T* proj = projected.data() + k * B * NP;
+      gemm<T>(hin + k * B * U, B, w_hidden, k, hidden_bias_p + k * NP, 0, proj);
       for (int64_t b = 0; b < B; ++b) {
         const int64_t kb = k * B + b;
-        const scalar_t* pr = proj + kb * NP;
-        scalar_t* pp = p_t + kb * H;
+        const T* pr = proj + b * NP;
+        T* pp = p_t + kb * H;
         for (int64_t h = 0; h < H; ++h) pp[h] = sigmoid(dot(pr + G + h * dk, keys_p + ((t * B + b) * H + h) * dk, dk));
         std::copy(pr + G, pr + NP, q_t + kb * H * dk);
-        scalar_t* row_pre = pre_p + kb * G;
-        std::fill(row_pre, row_pre + G, scalar_t(0));
+        T* row_pre = pre.data() + kb * G;
+        std::copy(pr, pr + G, row_pre);
         for (int64_t h = 0; h < H; ++h) {
-          const scalar_t* gate_row = gates_t + h * head_stride + (b * K + k) * G;
-          const scalar_t weight = pp[h];
+          const T* gate_row = gates_t + h * head_stride + (b * K + k) * G;
+          const T weight = pp[h];
           for (int64_t j = 0; j < G; ++j) row_pre[j] += weight * gate_row[j];
         }
-        for (int64_t j = 0; j < G; ++j) row_pre[j] += pr[j];
+        // the candidate's slot in act goes unused: one sigmoid over all four gates, as the Python loop
+        tanh_n<T>(g_t + kb * U, row_pre + 2 * U, U);
       }
-    // Transcendentals over the whole step in ATen's vectorised kernels (one sigmoid over all four gates,
-    // as the Python loop does; the candidate's slot in it goes unused).
-    at::sigmoid_out(act_step, pre);
-    at::tanh_out(g_step, pre.narrow(2, 2 * U, U));
-    for (int64_t kb = 0; kb < KB; ++kb) {
-      const scalar_t* a = act_t + kb * G;
-      const int64_t row = kb * U;
-      for (int64_t u = 0; u < U; ++u) cnew[row + u] = a[U + u] * cin[row + u] + a[u] * g_t[row + u];
-    }
-    at::tanh_out(tanh_c_step, c_new);
-    for (int64_t kb = 0; kb < KB; ++kb) {
-      const scalar_t* a = act_t + kb * G;
-      const int64_t row = kb * U;
-      for (int64_t u = 0; u < U; ++u) hcell[row + u] = a[3 * U + u] * tanh_c_t[row + u];
-    }
+      sigmoid_n<T>(act_t + k * B * G, pre.data() + k * B * G, B * G);
+      for (int64_t b = 0; b < B; ++b) {
+        const T* a = act_t + (k * B + b) * G;
+        const int64_t row = (k * B + b) * U;
+        for (int64_t u = 0; u < U; ++u) c_new[row + u] = a[U + u] * cin[row + u] + a[u] * g_t[row + u];
+      }
+      tanh_n<T>(tanh_c_t + k * B * U, c_new.data() + k * B * U, B * U);
+      for (int64_t b = 0; b < B; ++b) {
+        const T* a = act_t + (k * B + b) * G;
+        const int64_t row = (k * B + b) * U;
+        for (int64_t u = 0; u < U; ++u) h_cell[row + u] = a[3 * U + u] * tanh_c_t[row + u];
+      }
+    });
 
     // The k_active units with the least attention on the null row; ties go to the lower index.
     if (s.select) {
       std::fill(active.begin(), active.end(), 0);
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t k = 0; k < K; ++k) {
-          const scalar_t* pp = p_t + (k * B + b) * H;
-          scalar_t total = 0;
+          const T* pp = p_t + (k * B + b) * H;
+          T total = 0;
           for (int64_t h = 0; h < H; ++h) total += pp[h];
-          p_null[k] = scalar_t(1) - total / scalar_t(H);
+          p_null[k] = T(1) - total / T(H);
         }
         std::iota(order.begin(), order.end(), 0);
         std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return p_null[x] < p_null[y]; });
         for (int64_t r = 0; r < s.k_active; ++r) active[order[r] * B + b] = 1;
       }
     }
-    bool* mask_t = mask[at_t].data_ptr<bool>();
-    scalar_t* hmix = h_mix_t.data_ptr<scalar_t>();
-    scalar_t* cnext = c_next.data_ptr<scalar_t>();
-    for (int64_t kb = 0; kb < KB; ++kb) {
-      const bool on = active[kb];
-      mask_t[kb] = on;
-      const int64_t row = kb * U;
-      for (int64_t u = 0; u < U; ++u) {
-        hmix[row + u] = on ? hcell[row + u] : hin[row + u];
-        cnext[row + u] = on ? cnew[row + u] : cin[row + u];
+    T* qkv_t = s.comm ? qkv.data_ptr<T>() + at_t * KB * QKV : nullptr;
+    each_unit(K, [&](int64_t k) {
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t kb = k * B + b, row = kb * U;
+        const bool on = active[kb];
+        mask_t[kb] = on;
+        for (int64_t u = 0; u < U; ++u) {
+          hmix[row + u] = on ? h_cell[row + u] : hin[row + u];
+          c_next[row + u] = on ? c_new[row + u] : cin[row + u];
+        }
       }
-    }
+      if (s.comm)
+        gemm<T>(hmix + k * B * U, B, w_qkv, k, nullptr, 0, qkv_t + k * B * QKV);
+      else
+        std::copy(hmix + k * B * U, hmix + (k + 1) * B * U, out_t + k * B * U);
+    });
+    if (!s.comm) continue;
 
-    scalar_t* out_t = outputs.data_ptr<scalar_t>() + t * KBU;
-    if (!s.comm) {
-      std::copy(hmix, hmix + KBU, out_t);
-      continue;
-    }
-    const int64_t Hc = s.Hc, ck = s.ck, cv = s.cv, QKV = s.QKV;
-    Tensor qkv_t = qkv[at_t], read_t = read[at_t];
-    at::bmm_out(qkv_t, h_mix_t, qkv_weight);
-    const scalar_t* x = qkv_t.data_ptr<scalar_t>();
-    scalar_t* att = attention[at_t].data_ptr<scalar_t>();
-    scalar_t* rd = read_t.data_ptr<scalar_t>();
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t hh = 0; hh < Hc; ++hh)
-        for (int64_t i = 0; i < K; ++i) {
-          const scalar_t* query = x + (i * B + b) * QKV + hh * ck;
-          scalar_t top = -std::numeric_limits<scalar_t>::infinity();
+    // Communication: unit i's query over every unit's key and value, then its gated residual.
+    T* att = attention.data_ptr<T>() + at_t * K * K * B * Hc;
+    T* rd = read.data_ptr<T>() + at_t * KB * Hv;
+    T* sig_t = sig.data_ptr<T>() + at_t * KBU;
+    T* tanh_u_t = tanh_u.data_ptr<T>() + at_t * KBU;
+    each_unit(K, [&](int64_t i) {
+      T* sc = scores.data() + i * K;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t hh = 0; hh < Hc; ++hh) {
+          const T* query = qkv_t + (i * B + b) * QKV + hh * ck;
+          T top = -std::numeric_limits<T>::infinity();
           for (int64_t j = 0; j < K; ++j) {
-            scores[j] = dot(query, x + (j * B + b) * QKV + Hc * ck + hh * ck, ck);
-            top = std::max(top, scores[j]);
+            sc[j] = dot(query, qkv_t + (j * B + b) * QKV + Hc * ck + hh * ck, ck);
+            top = std::max(top, sc[j]);
           }
-          scalar_t total = 0;
+          T total = 0;
           for (int64_t j = 0; j < K; ++j) {
-            scores[j] = std::exp(scores[j] - top);
-            total += scores[j];
+            sc[j] = std::exp(sc[j] - top);
+            total += sc[j];
           }
-          scalar_t* r = rd + (i * B + b) * Hc * cv + hh * cv;
-          std::fill(r, r + cv, scalar_t(0));
+          T* r = rd + (i * B + b) * Hv + hh * cv;
+          std::fill(r, r + cv, T(0));
           for (int64_t j = 0; j < K; ++j) {
-            const scalar_t weight = scores[j] / total;
+            const T weight = sc[j] / total;
             att[((i * K + j) * B + b) * Hc + hh] = weight;
-            const scalar_t* value = x + (j * B + b) * QKV + 2 * Hc * ck + hh * cv;
+            const T* value = qkv_t + (j * B + b) * QKV + 2 * Hc * ck + hh * cv;
             for (int64_t e = 0; e < cv; ++e) r[e] += weight * value[e];
           }
         }
-    at::baddbmm_out(update, out_bias, read_t, out_weight);
-    Tensor sig_step = sig[at_t], tanh_u_step = tanh_u[at_t];
-    at::sigmoid_out(sig_step, update.narrow(2, U, U));
-    at::tanh_out(tanh_u_step, update.narrow(2, 0, U));
-    const scalar_t* sig_t = sig_step.data_ptr<scalar_t>();
-    const scalar_t* tanh_u_t = tanh_u_step.data_ptr<scalar_t>();
-    for (int64_t kb = 0; kb < KB; ++kb) {
-      const int64_t row = kb * U;
-      for (int64_t u = 0; u < U; ++u)
-        out_t[row + u] = hmix[row + u] + (active[kb] ? sig_t[row + u] * tanh_u_t[row + u] : scalar_t(0));
-    }
+      T* upd = update.data() + i * B * 2 * U;
+      gemm<T>(rd + i * B * Hv, B, w_out, i, out_bias_p + i * 2 * U, 0, upd);
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t row = (i * B + b) * U;
+        sigmoid_n<T>(sig_t + row, upd + b * 2 * U + U, U);
+        tanh_n<T>(tanh_u_t + row, upd + b * 2 * U, U);
+        const bool on = active[i * B + b];
+        for (int64_t u = 0; u < U; ++u) out_t[row + u] = hmix[row + u] + (on ? sig_t[row + u] * tanh_u_t[row + u] : T(0));
+      }
+    });
   }
 
-  std::vector<Tensor> result{outputs, outputs[T - 1].clone(), c_next};
+  Tensor c_last = at::empty({K, B, U}, opts);
+  std::copy(c_next.begin(), c_next.end(), c_last.data_ptr<T>());
+  std::vector<Tensor> result{outputs, outputs[steps - 1].clone(), c_last};
   if (save) {
-    result.insert(result.end(), {h_in, c_in, q.view({T, K, B, H, dk}), p, s.select ? mask : Tensor(), act, g, tanh_c,
-                                 h_mix});
+    result.insert(result.end(), {h_in, c_in, q.view({steps, K, B, H, dk}), p, s.select ? mask : Tensor(), act, g,
+                                 tanh_c, h_mix});
     if (s.comm) result.insert(result.end(), {qkv, attention, read, sig, tanh_u});
   }
   return result;
@@ -262,130 +487,139 @@ std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outpu
                                   const Tensor& qkv, const Tensor& attention, const Tensor& hidden_weight_t,
                                   const Tensor& qkv_weight_t, const Tensor& out_weight_t, const Tensor& keep,
                                   const std::vector<bool>& reset, const Sizes& s) {
-  const int64_t T = s.T, B = s.B, K = s.K, U = s.U, G = s.G, H = s.H, dk = s.dk, NP = s.NP;
+  using T = scalar_t;
+  const int64_t steps = s.T, B = s.B, K = s.K, U = s.U, G = s.G, H = s.H, dk = s.dk, NP = s.NP;
   const int64_t KB = K * B, KBU = K * B * U;
+  const int64_t Hc = s.Hc, ck = s.ck, cv = s.cv, QKV = s.QKV, Hv = s.Hc * s.cv;
   auto opts = dh.options();
-  Tensor grad_projected = at::empty({T, K, B, NP}, opts), grad_scores = at::empty({T, K, B, H}, opts);
-  Tensor grad_qkv, grad_out, d_read;
+  Tensor grad_projected = at::empty({steps, K, B, NP}, opts), grad_scores = at::empty({steps, K, B, H}, opts);
+  Tensor grad_qkv, grad_out;
   if (s.comm) {
-    grad_qkv = at::empty({T, K, B, s.QKV}, opts);
-    grad_out = at::empty({T, K, B, 2 * U}, opts);
-    d_read = at::empty({K, B, s.Hc * s.cv}, opts);
+    grad_qkv = at::empty({steps, K, B, QKV}, opts);
+    grad_out = at::empty({steps, K, B, 2 * U}, opts);
   }
-  Tensor dh_in = at::empty({K, B, U}, opts), d_mix = at::empty({K, B, U}, opts), d_mix_kept = at::empty({K, B, U}, opts);
-  std::vector<scalar_t> d_pre(G), d_att(K * K), d_scores(K * K);
-  const scalar_t* keys_p = keys.data_ptr<scalar_t>();
-  const scalar_t* gates_p = gates_in.data_ptr<scalar_t>();
+  const bool pack_all = steps >= kPackFrom;
+  const Panels<T> w_hidden = panels_of<T>(hidden_weight_t, pack_all), w_qkv = panels_of<T>(qkv_weight_t, pack_all),
+                  w_out = panels_of<T>(out_weight_t, pack_all);
+  std::vector<T> dh_in(KBU), d_mix(KBU), d_mix_kept(KBU), d_read(s.comm ? KB * Hv : 0);
+  std::vector<T> d_pre(K * G), d_att(K * K), d_scores(B * Hc * K * K);
+  const T* keys_p = keys.data_ptr<T>();
+  const T* gates_p = gates_in.data_ptr<T>();
   const int64_t head_stride = gates_in.stride(0), step_stride = gates_in.stride(1);
-  const scalar_t* keep_p = reset.empty() ? nullptr : keep.data_ptr<scalar_t>();
-  const scalar_t* mask_p = mask.data_ptr<scalar_t>();
-  const scalar_t* unmask_p = unmask.data_ptr<scalar_t>();
-  const scalar_t* forget_p = forget.data_ptr<scalar_t>();
-  const scalar_t* cell_p = cell_to_c.data_ptr<scalar_t>();
-  const scalar_t* pre_p = pre.data_ptr<scalar_t>();
-  const scalar_t* p_p = p.data_ptr<scalar_t>();
+  const T* keep_p = reset.empty() ? nullptr : keep.data_ptr<T>();
+  const T* mask_p = mask.data_ptr<T>();
+  const T* unmask_p = unmask.data_ptr<T>();
+  const T* forget_p = forget.data_ptr<T>();
+  const T* cell_p = cell_to_c.data_ptr<T>();
+  const T* pre_p = pre.data_ptr<T>();
+  const T* p_p = p.data_ptr<T>();
+  T* dhp = dh.data_ptr<T>();
+  T* dcp = dc.data_ptr<T>();
 
-  for (int64_t t = T - 1; t >= 0; --t) {
-    scalar_t* dhp = dh.data_ptr<scalar_t>();
-    scalar_t* dcp = dc.data_ptr<scalar_t>();
-    scalar_t* dhi = dh_in.data_ptr<scalar_t>();
-    const scalar_t* go = grad_outputs.data_ptr<scalar_t>() + t * KBU;
-    for (int64_t n = 0; n < KBU; ++n) dhi[n] = dhp[n] + go[n];
-
-    const scalar_t* dmix = dhi;
-    if (s.comm) {
-      const int64_t Hc = s.Hc, ck = s.ck, cv = s.cv, QKV = s.QKV;
-      Tensor d_out_t = grad_out[t], d_qkv_t = grad_qkv[t];
-      scalar_t* dout = d_out_t.data_ptr<scalar_t>();
-      const scalar_t* of = out.data_ptr<scalar_t>() + t * KB * 2 * U;
-      for (int64_t kb = 0; kb < KB; ++kb)
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    const T* go = grad_outputs.data_ptr<T>() + t * KBU;
+    T* dout = s.comm ? grad_out.data_ptr<T>() + t * KB * 2 * U : nullptr;
+    const T* of = s.comm ? out.data_ptr<T>() + t * KB * 2 * U : nullptr;
+    each_unit(K, [&](int64_t i) {
+      for (int64_t n = i * B * U; n < (i + 1) * B * U; ++n) dh_in[n] = dhp[n] + go[n];
+      if (!s.comm) return;
+      for (int64_t kb = i * B; kb < (i + 1) * B; ++kb)
         for (int64_t half = 0; half < 2; ++half)
           for (int64_t u = 0; u < U; ++u)
-            dout[(kb * 2 + half) * U + u] = dhi[kb * U + u] * of[(kb * 2 + half) * U + u];
-      at::bmm_out(d_read, d_out_t, out_weight_t);
-      const scalar_t* dr = d_read.data_ptr<scalar_t>();
-      const scalar_t* x = qkv.data_ptr<scalar_t>() + t * KB * QKV;
-      const scalar_t* att = attention.data_ptr<scalar_t>() + t * K * K * B * Hc;
-      scalar_t* dx = d_qkv_t.data_ptr<scalar_t>();
-      std::fill(dx, dx + KB * QKV, scalar_t(0));
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t hh = 0; hh < Hc; ++hh) {
-          for (int64_t i = 0; i < K; ++i) {
-            const scalar_t* read_grad = dr + (i * B + b) * Hc * cv + hh * cv;
-            scalar_t weighted = 0;
+            dout[(kb * 2 + half) * U + u] = dh_in[kb * U + u] * of[(kb * 2 + half) * U + u];
+      gemm<T>(dout + i * B * 2 * U, B, w_out, i, nullptr, 0, d_read.data() + i * B * Hv);
+    });
+
+    T* dx = s.comm ? grad_qkv.data_ptr<T>() + t * KB * QKV : nullptr;
+    const T* x = s.comm ? qkv.data_ptr<T>() + t * KB * QKV : nullptr;
+    const T* att = s.comm ? attention.data_ptr<T>() + t * K * K * B * Hc : nullptr;
+    const T* dr = d_read.data();
+    if (s.comm) {
+      // Rows of the attention's gradient (query unit i) and the queries' gradients.
+      each_unit(K, [&](int64_t i) {
+        T* da = d_att.data() + i * K;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t hh = 0; hh < Hc; ++hh) {
+            const T* read_grad = dr + (i * B + b) * Hv + hh * cv;
+            T* ds = d_scores.data() + ((b * Hc + hh) * K + i) * K;
+            T weighted = 0;
             for (int64_t j = 0; j < K; ++j) {
-              const scalar_t total = dot(read_grad, x + (j * B + b) * QKV + 2 * Hc * ck + hh * cv, cv);
-              d_att[i * K + j] = total;
-              weighted += att[((i * K + j) * B + b) * Hc + hh] * total;
+              da[j] = dot(read_grad, x + (j * B + b) * QKV + 2 * Hc * ck + hh * cv, cv);
+              weighted += att[((i * K + j) * B + b) * Hc + hh] * da[j];
             }
+            for (int64_t j = 0; j < K; ++j) ds[j] = att[((i * K + j) * B + b) * Hc + hh] * (da[j] - weighted);
+            T* d_query = dx + (i * B + b) * QKV + hh * ck;
+            std::fill(d_query, d_query + ck, T(0));
             for (int64_t j = 0; j < K; ++j) {
-              const scalar_t a = att[((i * K + j) * B + b) * Hc + hh];
-              d_scores[i * K + j] = a * (d_att[i * K + j] - weighted);
+              const T* key = x + (j * B + b) * QKV + Hc * ck + hh * ck;
+              for (int64_t d = 0; d < ck; ++d) d_query[d] += ds[j] * key[d];
             }
           }
-          for (int64_t i = 0; i < K; ++i) {
-            const scalar_t* query = x + (i * B + b) * QKV + hh * ck;
-            scalar_t* d_query = dx + (i * B + b) * QKV + hh * ck;
-            const scalar_t* read_grad = dr + (i * B + b) * Hc * cv + hh * cv;
-            for (int64_t j = 0; j < K; ++j) {
-              const scalar_t ds = d_scores[i * K + j], a = att[((i * K + j) * B + b) * Hc + hh];
-              const scalar_t* key = x + (j * B + b) * QKV + Hc * ck + hh * ck;
-              scalar_t* d_key = dx + (j * B + b) * QKV + Hc * ck + hh * ck;
-              scalar_t* d_value = dx + (j * B + b) * QKV + 2 * Hc * ck + hh * cv;
-              for (int64_t d = 0; d < ck; ++d) {
-                d_query[d] += ds * key[d];
-                d_key[d] += ds * query[d];
-              }
+      });
+    }
+
+    // Keys' and values' gradients (unit j), then j's cell and hidden projection backward.
+    T* dproj_t = grad_projected.data_ptr<T>() + t * KB * NP;
+    T* dsc = grad_scores.data_ptr<T>() + t * KB * H;
+    const T* gates_t = gates_p + t * step_stride;
+    each_unit(K, [&](int64_t j) {
+      const T* dmix = dh_in.data();
+      if (s.comm) {
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t hh = 0; hh < Hc; ++hh) {
+            T* d_key = dx + (j * B + b) * QKV + Hc * ck + hh * ck;
+            T* d_value = dx + (j * B + b) * QKV + 2 * Hc * ck + hh * cv;
+            std::fill(d_key, d_key + ck, T(0));
+            std::fill(d_value, d_value + cv, T(0));
+            for (int64_t i = 0; i < K; ++i) {
+              const T ds = d_scores[((b * Hc + hh) * K + i) * K + j], a = att[((i * K + j) * B + b) * Hc + hh];
+              const T* query = x + (i * B + b) * QKV + hh * ck;
+              const T* read_grad = dr + (i * B + b) * Hv + hh * cv;
+              for (int64_t d = 0; d < ck; ++d) d_key[d] += ds * query[d];
               for (int64_t e = 0; e < cv; ++e) d_value[e] += a * read_grad[e];
             }
           }
-        }
-      at::baddbmm_out(d_mix, dh_in, d_qkv_t, qkv_weight_t);
-      dmix = d_mix.data_ptr<scalar_t>();
-    }
-
-    scalar_t* dproj = grad_projected.data_ptr<scalar_t>() + t * KB * NP;
-    scalar_t* dsc = grad_scores.data_ptr<scalar_t>() + t * KB * H;
-    scalar_t* kept = d_mix_kept.data_ptr<scalar_t>();
-    const scalar_t* gates_t = gates_p + t * step_stride;
-    for (int64_t k = 0; k < K; ++k)
+        gemm<T>(dx + j * B * QKV, B, w_qkv, j, dh_in.data() + j * B * U, U, d_mix.data() + j * B * U);
+        dmix = d_mix.data();
+      }
+      T* dp_unit = d_pre.data() + j * G;
       for (int64_t b = 0; b < B; ++b) {
-        const int64_t kb = k * B + b, row = kb * U, step_kb = t * KB + kb;
-        const scalar_t on = mask_p[step_kb], off = unmask_p[step_kb];
-        const scalar_t* f = forget_p + step_kb * U;
-        const scalar_t* to_c = cell_p + step_kb * U;
-        const scalar_t* slopes = pre_p + step_kb * G;  // (i, f, g, o) x U
+        const int64_t kb = j * B + b, row = kb * U, step_kb = t * KB + kb;
+        const T on = mask_p[step_kb], off = unmask_p[step_kb];
+        const T* f = forget_p + step_kb * U;
+        const T* to_c = cell_p + step_kb * U;
+        const T* slopes = pre_p + step_kb * G;  // (i, f, g, o) x U
         for (int64_t u = 0; u < U; ++u) {
-          const scalar_t dm = dmix[row + u];
-          const scalar_t dcn = dcp[row + u] * on + dm * to_c[u];
-          d_pre[u] = dcn * slopes[u];
-          d_pre[U + u] = dcn * slopes[U + u];
-          d_pre[2 * U + u] = dcn * slopes[2 * U + u];
-          d_pre[3 * U + u] = dm * slopes[3 * U + u];
+          const T dm = dmix[row + u];
+          const T dcn = dcp[row + u] * on + dm * to_c[u];
+          dp_unit[u] = dcn * slopes[u];
+          dp_unit[U + u] = dcn * slopes[U + u];
+          dp_unit[2 * U + u] = dcn * slopes[2 * U + u];
+          dp_unit[3 * U + u] = dm * slopes[3 * U + u];
           dcp[row + u] = dcp[row + u] * off + dcn * f[u];
-          kept[row + u] = dm * off;
+          d_mix_kept[row + u] = dm * off;
         }
-        scalar_t* dp = dproj + kb * NP;
-        std::copy(d_pre.begin(), d_pre.end(), dp);
-        const scalar_t* slope = p_p + step_kb * H;
+        T* dp = dproj_t + kb * NP;
+        std::copy(dp_unit, dp_unit + G, dp);
+        const T* slope = p_p + step_kb * H;
         for (int64_t h = 0; h < H; ++h) {
-          const scalar_t d_score = dot(gates_t + h * head_stride + (b * K + k) * G, d_pre.data(), G) * slope[h];
+          const T d_score = dot(gates_t + h * head_stride + (b * K + j) * G, dp_unit, G) * slope[h];
           dsc[kb * H + h] = d_score;
-          const scalar_t* key = keys_p + ((t * B + b) * H + h) * dk;
+          const T* key = keys_p + ((t * B + b) * H + h) * dk;
           for (int64_t d = 0; d < dk; ++d) dp[G + h * dk + d] = d_score * key[d];
         }
       }
-    at::baddbmm_out(dh, d_mix_kept, grad_projected[t], hidden_weight_t);
-    if (!reset.empty() && reset[t]) {
-      dhp = dh.data_ptr<scalar_t>();
-      for (int64_t kb = 0; kb < KB; ++kb) {
-        const scalar_t factor = keep_p[t * B + kb % B];
-        for (int64_t u = 0; u < U; ++u) {
-          dhp[kb * U + u] *= factor;
-          dcp[kb * U + u] *= factor;
+      gemm<T>(dproj_t + j * B * NP, B, w_hidden, j, d_mix_kept.data() + j * B * U, U, dhp + j * B * U);
+      if (!reset.empty() && reset[t])
+        for (int64_t b = 0; b < B; ++b) {
+          const T factor = keep_p[t * B + b];
+          const int64_t row = (j * B + b) * U;
+          for (int64_t u = 0; u < U; ++u) {
+            dhp[row + u] *= factor;
+            dcp[row + u] *= factor;
+          }
         }
-      }
-    }
+    });
   }
   std::vector<Tensor> result{dh, dc, grad_projected, grad_scores};
   if (s.comm) result.insert(result.end(), {grad_qkv, grad_out});
@@ -414,7 +648,7 @@ std::vector<Tensor> forward_loop(const Tensor& keys, const Tensor& gates_in, con
                                  const Tensor& out_weight, const Tensor& out_bias, const Tensor& keep,
                                  std::vector<int64_t> reset_steps, int64_t k_active, int64_t comm_heads,
                                  int64_t comm_key, int64_t comm_value, bool communication, bool save) {
-  check_contiguous({&keys, &h0, &c0, &hidden_weight, &keep});
+  check_contiguous({&keys, &h0, &c0, &hidden_bias, &out_bias, &keep});
   const Sizes s = sizes(keys, h0, hidden_weight, k_active, comm_heads, comm_key, comm_value, communication);
   check_gates(gates_in, s);
   const std::vector<bool> reset = reset_flags(reset_steps, s.T);
