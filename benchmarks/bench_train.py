@@ -19,6 +19,7 @@ import os
 import platform
 import statistics
 import time
+from unittest import mock
 
 import torch
 from rims_rl.agents.train import build_model, parse_schedule, resolve_config
@@ -49,18 +50,11 @@ class CollectionTimer(BaseCallback):
 
 def one_iteration(model, native: bool = True) -> tuple[float, float]:
     """Seconds for one PPO iteration (collect n_steps x n_envs, then update), and of it collecting."""
-    previous = os.environ.get("RIMS_RL_NATIVE")
-    os.environ["RIMS_RL_NATIVE"] = "1" if native else "0"
     timer = CollectionTimer()
-    try:
+    with mock.patch.dict(os.environ, {"RIMS_RL_NATIVE": "1" if native else "0"}):
         start = time.perf_counter()
         model.learn(model.n_steps * model.n_envs, reset_num_timesteps=False, callback=timer)
         return time.perf_counter() - start, timer.seconds
-    finally:
-        if previous is None:
-            del os.environ["RIMS_RL_NATIVE"]
-        else:
-            os.environ["RIMS_RL_NATIVE"] = previous
 
 
 def main() -> None:

@@ -281,9 +281,8 @@ class FusedLoop(torch.autograd.Function):
         gates_in = saved["gates_in"]
         dh = grad_h if grad_h is not None else grad_outputs.new_zeros(units, batch, size)
         dc = grad_c if grad_c is not None else grad_outputs.new_zeros(units, batch, size)
-        weights_t = [
-            None if w is None else w.transpose(1, 2).contiguous() for w in (hidden_weight, qkv_weight, out_weight)
-        ]
+        # Transposed views: the compiled loop repacks them anyway, the Python one copies them.
+        weights_t = [None if w is None else w.transpose(1, 2) for w in (hidden_weight, qkv_weight, out_weight)]
         compiled = _compiled(keys)
         if compiled is not None:
             dh, dc, *grads = compiled.backward_loop(
@@ -294,7 +293,7 @@ class FusedLoop(torch.autograd.Function):
                 gates_in,
                 *(factors[name].contiguous() for name in ("mask", "unmask", "f", "cell_to_c", "pre", "p")),
                 *(_or_empty(x, keys) for x in (factors.get("out"), saved.get("qkv"), saved.get("attention"))),
-                *(_or_empty(w, keys) for w in weights_t),
+                *(keys.new_empty(0) if w is None else w for w in weights_t),
                 _keep_all(keep, ctx.reset_steps, keys),
                 sorted(ctx.reset_steps),
                 spec.comm_heads,
@@ -313,7 +312,7 @@ class FusedLoop(torch.autograd.Function):
                 gates_in,
                 saved,
                 factors,
-                weights_t,
+                [None if w is None else w.contiguous() for w in weights_t],
                 ctx.reset_steps,
                 keep,
             )

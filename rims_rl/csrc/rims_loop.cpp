@@ -45,21 +45,22 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return (s0 + s1) + (s2 + s3);
 }
 
-// Per-unit weights (units, rows, N) read in panels of kPanel columns. For a long loop every panel is
-// repacked once per call into (rows, kPanel) blocks, so that each step's row-times-matrix products read
-// their weights in one sequential stream; for a step or two (acting) only the ragged last panel is
-// (zero-padded), the others are read in place with a row stride of N.
+// Per-unit weights (units, rows, N), any strides (the backward passes transposed views), read in panels
+// of kPanel columns. For a long loop every panel is repacked once per call into (rows, kPanel) blocks, so
+// that each step's row-times-matrix products read their weights in one sequential stream; for a step or
+// two (acting) a contiguous weight's full panels are read in place with a row stride of N and only the
+// ragged last one is packed (zero-padded).
 constexpr int64_t kPanel = 32;
 
 template <typename T>
 struct Panels {
-  Tensor dense;
+  const T* dense = nullptr;
   std::vector<T> packed;  // (units, panels - first_packed, rows, kPanel)
   int64_t rows = 0, N = 0, panels = 0, first_packed = 0;
   const T* at(int64_t k, int64_t p, int64_t& stride) const {
     if (p < first_packed) {
       stride = N;
-      return dense.data_ptr<T>() + k * rows * N + p * kPanel;
+      return dense + k * rows * N + p * kPanel;
     }
     stride = kPanel;
     return packed.data() + ((k * (panels - first_packed)) + p - first_packed) * rows * kPanel;
@@ -70,21 +71,21 @@ template <typename T>
 Panels<T> panels_of(const Tensor& weight, bool pack_all) {
   Panels<T> w;
   if (!weight.defined() || weight.numel() == 0) return w;
-  w.dense = weight.contiguous();
   const int64_t units = weight.size(0);
+  w.dense = weight.data_ptr<T>();
   w.rows = weight.size(1);
   w.N = weight.size(2);
   w.panels = (w.N + kPanel - 1) / kPanel;
-  w.first_packed = pack_all ? 0 : w.N / kPanel;
+  w.first_packed = pack_all || !weight.is_contiguous() ? 0 : w.N / kPanel;
   const int64_t stored = w.panels - w.first_packed;
+  const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2);
   w.packed.assign(units * stored * w.rows * kPanel, T(0));
-  const T* src = w.dense.template data_ptr<T>();
   for (int64_t k = 0; k < units; ++k)
     for (int64_t p = w.first_packed; p < w.panels; ++p)
       for (int64_t r = 0; r < w.rows; ++r) {
         const int64_t n0 = p * kPanel, width = std::min(kPanel, w.N - n0);
-        std::copy_n(src + (k * w.rows + r) * w.N + n0, width,
-                    w.packed.data() + ((k * stored + p - w.first_packed) * w.rows + r) * kPanel);
+        T* to = w.packed.data() + ((k * stored + p - w.first_packed) * w.rows + r) * kPanel;
+        for (int64_t j = 0; j < width; ++j) to[j] = w.dense[k * s0 + r * s1 + (n0 + j) * s2];
       }
   return w;
 }
@@ -185,28 +186,22 @@ RIMS_INLINE void panel_body(const float* x, int64_t B, int64_t Kd, const float* 
     panel_rows<1>(x + b * Kd, Kd, panel, stride, rows_at(b), init_ld, y + b * N, N, n0, width);
 }
 
-#define RIMS_PANEL_ARGS                                                                                    \
-  const float *x, int64_t B, int64_t Kd, const float *panel, int64_t stride, const float *init, int64_t init_ld, \
-      float *y, int64_t N, int64_t n0, int64_t width
-#define RIMS_PANEL_CALL x, B, Kd, panel, stride, init, init_ld, y, N, n0, width
 #if defined(__x86_64__) && defined(__GNUC__)
 #define RIMS_AVX2 __attribute__((target("avx2,fma")))
-RIMS_AVX2 void sigmoid_avx2(float* out, const float* in, int64_t n) { sigmoid_body(out, in, n); }
-RIMS_AVX2 void tanh_avx2(float* out, const float* in, int64_t n) { tanh_body(out, in, n); }
-RIMS_AVX2 void panel_avx2(RIMS_PANEL_ARGS) { panel_body(RIMS_PANEL_CALL); }
 const bool kAvx2 = [] {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }();
 #else
+#define RIMS_AVX2
 const bool kAvx2 = false;
-void sigmoid_avx2(float*, const float*, int64_t) {}
-void tanh_avx2(float*, const float*, int64_t) {}
-void panel_avx2(RIMS_PANEL_ARGS) {}
 #endif
-void sigmoid_f32(float* out, const float* in, int64_t n) { kAvx2 ? sigmoid_avx2(out, in, n) : sigmoid_body(out, in, n); }
-void tanh_f32(float* out, const float* in, int64_t n) { kAvx2 ? tanh_avx2(out, in, n) : tanh_body(out, in, n); }
-void panel_f32(RIMS_PANEL_ARGS) { kAvx2 ? panel_avx2(RIMS_PANEL_CALL) : panel_body(RIMS_PANEL_CALL); }
+RIMS_AVX2 void sigmoid_avx2(float* out, const float* in, int64_t n) { sigmoid_body(out, in, n); }
+RIMS_AVX2 void tanh_avx2(float* out, const float* in, int64_t n) { tanh_body(out, in, n); }
+RIMS_AVX2 void panel_avx2(const float* x, int64_t B, int64_t Kd, const float* panel, int64_t stride,
+                          const float* init, int64_t init_ld, float* y, int64_t N, int64_t n0, int64_t width) {
+  panel_body(x, B, Kd, panel, stride, init, init_ld, y, N, n0, width);
+}
 
 // y (B, N) = init + x (B, Kd) @ unit k's W (Kd, N); init null (zeros), one row for all (init_ld 0) or
 // B rows with stride init_ld.
@@ -231,18 +226,26 @@ void gemm<float>(const float* x, int64_t B, const Panels<float>& w, int64_t unit
   for (int64_t p = 0; p < w.panels; ++p) {
     int64_t stride = 0;
     const float* panel = w.at(unit, p, stride);
-    const int64_t n0 = p * kPanel;
-    panel_f32(x, B, w.rows, panel, stride, init, init_ld, y, w.N, n0, std::min(kPanel, w.N - n0));
+    const int64_t n0 = p * kPanel, width = std::min(kPanel, w.N - n0);
+    if (kAvx2)
+      panel_avx2(x, B, w.rows, panel, stride, init, init_ld, y, w.N, n0, width);
+    else
+      panel_body(x, B, w.rows, panel, stride, init, init_ld, y, w.N, n0, width);
   }
 }
 
 template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+template <typename T>
 void sigmoid_n(T* out, const T* in, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = T(1) / (T(1) + std::exp(-in[i]));
+  for (int64_t i = 0; i < n; ++i) out[i] = sigmoid(in[i]);
 }
 template <>
 void sigmoid_n<float>(float* out, const float* in, int64_t n) {
-  sigmoid_f32(out, in, n);
+  kAvx2 ? sigmoid_avx2(out, in, n) : sigmoid_body(out, in, n);
 }
 template <typename T>
 void tanh_n(T* out, const T* in, int64_t n) {
@@ -250,12 +253,7 @@ void tanh_n(T* out, const T* in, int64_t n) {
 }
 template <>
 void tanh_n<float>(float* out, const float* in, int64_t n) {
-  tanh_f32(out, in, n);
-}
-
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+  kAvx2 ? tanh_avx2(out, in, n) : tanh_body(out, in, n);
 }
 
 struct Sizes {
