@@ -23,6 +23,7 @@ from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
@@ -52,8 +53,9 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
     """A ``RecurrentActorCriticPolicy`` whose recurrent core comes from :meth:`_build_core`.
 
     Subclasses define the core; this class swaps it in for sb3-contrib's ``nn.LSTM``, rebuilds the
-    optimizer over the final parameters, runs whole sequences through the core in one call, and
-    keeps every size in :meth:`_get_constructor_parameters` so ``policy.save`` / ``load`` work.
+    optimizer over the final parameters (Adam fused unless ``optimizer_kwargs`` sets ``fused`` or
+    ``foreach``), runs whole sequences through the core in one call, and keeps every size in
+    :meth:`_get_constructor_parameters` so ``policy.save`` / ``load`` work.
 
     Args:
         critic_core: ``"shared"``, ``"separate"`` or ``"none"`` (see the module docstring).
@@ -92,8 +94,19 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         # Convolutions (the Nature CNN's) run about 25% faster forward and backward in channels-last
         # layout on CPU (oneDNN); only 4-d weights change layout, values are equal up to rounding.
         self.to(memory_format=torch.channels_last)
+        convolutional = any(parameter.dim() == 4 for parameter in self.parameters())
+        self._byte_images = convolutional and self.normalize_images and is_image_space(self.observation_space)
         # The parent built its optimizer over the nn.LSTM just replaced.
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self._optimizer_options())
+
+    def _optimizer_options(self) -> dict[str, Any]:
+        """``optimizer_kwargs``, with Adam fused unless they choose an implementation: on CPU torch
+        otherwise runs Adam one parameter tensor at a time (6.9 ms against 1.9 ms per step for the
+        Atari RIMs policy's 3.8M parameters on this project's CPU); same algorithm, rounding aside."""
+        options = dict(self.optimizer_kwargs)
+        if issubclass(self.optimizer_class, torch.optim.Adam) and not {"fused", "foreach"} & set(options):
+            options["fused"] = True
+        return options
 
     # -- what a subclass provides
 
@@ -112,6 +125,23 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         data = super()._get_constructor_parameters()
         data.update(critic_core=self.critic_core, **self._core_parameters())
         return data
+
+    def extract_features(
+        self, obs: torch.Tensor, features_extractor: nn.Module | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.share_features_extractor:
+            return self._features(obs, features_extractor or self.features_extractor)
+        return self._features(obs, self.pi_features_extractor), self._features(obs, self.vf_features_extractor)
+
+    def _features(self, obs, extractor: nn.Module) -> torch.Tensor:
+        """SB3's preprocessing and ``extractor``, except that a batch of byte images is scaled in place
+        and handed over in channels-last layout, like the convolutions' weights: SB3's ``obs.float() /
+        255`` allocates a second float batch, and oneDNN would convert its layout forward and again
+        backward (Nature CNN on 256 frames: about 15 of 105 ms per minibatch on this project's CPU).
+        Same numbers: the same division, in float32."""
+        if self._byte_images and isinstance(obs, torch.Tensor) and obs.dtype == torch.uint8 and obs.dim() == 4:
+            return extractor(obs.float().div_(255.0).contiguous(memory_format=torch.channels_last))
+        return super(ActorCriticPolicy, self).extract_features(obs, extractor)
 
     @staticmethod
     def _process_sequence(
@@ -189,7 +219,7 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
     def predict_values(
         self, obs: torch.Tensor, lstm_states: tuple[torch.Tensor, torch.Tensor], episode_starts: torch.Tensor
     ) -> torch.Tensor:
-        features = super(ActorCriticPolicy, self).extract_features(obs, self.vf_features_extractor)
+        features = self._features(obs, self.vf_features_extractor)
         if self.critic_core == "none":
             latent_vf = self.critic(features)
         else:

@@ -59,6 +59,17 @@ def _project(flat: Tensor, weight: Tensor) -> Tensor:
     return (_pad_rows(flat) @ weight)[: flat.shape[0]]
 
 
+def _value_gates(values: Tensor, weight_ih: Tensor, heads: int, steps: int, batch: int) -> Tensor:
+    """Each head's share of the cells' input projection, ``(heads, T, B, K, G)``, from the padded
+    values ``(rows, heads * value)``, for all steps in one bmm: (heads, rows, value) x
+    (heads, value, K * G). Under eager autograd this spares each step a product with ``weight_ih``
+    and its weight gradient; for small batches only, where the per-step tensors stay small."""
+    units, value = weight_ih.shape[0], values.shape[-1] // heads
+    per_head = weight_ih.view(units, heads, value, -1).permute(1, 2, 0, 3).flatten(2)
+    gates = torch.bmm(values.view(-1, heads, value).transpose(0, 1), per_head)
+    return gates[:, : steps * batch].view(heads, steps, batch, units, -1)
+
+
 class _Stash:
     """Inputs and output gradients of one weight's per-step products, gathered during one backward."""
 
@@ -455,7 +466,7 @@ class RIMs(nn.Module):
             keys = keys.unbind(0)
             value_gates = None
             if batch <= _PRECOMPUTE_MAX_BATCH:
-                value_gates = rims_loop.value_gates(values, self.weight_ih, heads, steps, batch).unbind(1)
+                value_gates = _value_gates(values, self.weight_ih, heads, steps, batch).unbind(1)
             else:
                 values = values[: steps * batch].view(steps, batch, heads, value_size).unbind(0)
 

@@ -6,8 +6,10 @@ gradients its generic formulas need. Here the forward runs without recording and
 backward needs; the backward is written out by hand with fewer ops per step: every local derivative
 (gate and attention slopes, the active mask) is formed for all steps at once before the loop, and
 every product the recurrence does not need (weight gradients, the gradients of the precomputed keys and
-value projections) after it, over all steps in one bmm. The value gates' gradient (heads x units x
-gates per row) is never formed: its products with the values and with ``weight_ih`` are taken directly.
+value projections) after it, over all steps in one bmm. Each step, each unit reads the heads' values
+weighted by its input attention and projects that read-out through its ``weight_ih`` (and, backward, the
+read-out's gradient back): at a few rows per step this is cheaper than precomputing every head's share
+of the gates for all steps, which is heads x units x gates numbers per row.
 
 It covers one input row, input attention, the LSTM cell, with or without communication and with
 dropout off (RL configs set it to 0; :meth:`RIMs._run` falls back to eager autograd otherwise). The
@@ -43,27 +45,18 @@ def select_active(p_null: Tensor, k_active: int) -> Tensor:
     return torch.zeros_like(p_null, dtype=torch.bool).scatter_(0, order, True)
 
 
-def value_gates(values: Tensor, weight_ih: Tensor, heads: int, steps: int, batch: int) -> Tensor:
-    """Each head's share of the cells' input projection, ``(heads, T, B, K, G)``, from the padded
-    values ``(rows, heads * value)``, for all steps in one bmm: (heads, rows, value) x
-    (heads, value, K * G). For small batches only: with large ones the per-step tensors outgrow the
-    per-step matmul they replace."""
-    units, value = weight_ih.shape[0], values.shape[-1] // heads
-    per_head = weight_ih.view(units, heads, value, -1).permute(1, 2, 0, 3).flatten(2)
-    gates = torch.bmm(values.view(-1, heads, value).transpose(0, 1), per_head)
-    return gates[:, : steps * batch].view(heads, steps, batch, units, -1)
-
-
-def forward_step(spec: LoopSpec, h, c, keys, gates_in, hidden_weight, hidden_bias, qkv_weight, out_weight, out_bias):
-    """One step from ``(h, c)`` (after any reset), with this step's keys ``(B, H, dk)`` and value gates
-    ``(H, B, K, G)``. Returns ``h, c`` and the tensors the backward needs."""
+def forward_step(
+    spec: LoopSpec, h, c, keys, values, weight_ih, hidden_weight, hidden_bias, qkv_weight, out_weight, out_bias
+):
+    """One step from ``(h, c)`` (after any reset), with this step's keys ``(B, H, dk)`` and values
+    ``(B, H * dv)``. Returns ``h, c`` and the tensors the backward needs."""
     units, batch, size = spec.units, h.shape[1], spec.size
     gates = 4 * size
     projected = torch.baddbmm(hidden_bias, h, hidden_weight)
     queries = projected[..., gates:].view(units, batch, spec.heads, spec.key)
     p_input = torch.sigmoid((queries * keys).sum(-1))
-    input_gates = (p_input.permute(2, 1, 0).unsqueeze(-1) * gates_in).sum(0).transpose(0, 1)
-    pre = input_gates + projected[..., :gates]
+    readout = (p_input.unsqueeze(-1) * values.view(1, batch, spec.heads, -1)).view(units, batch, -1)
+    pre = torch.baddbmm(projected[..., :gates], readout, weight_ih)
     # One sigmoid over all four gates; the candidate's slot in it goes unused.
     act = torch.sigmoid(pre)
     i, f, _, o = act.chunk(4, dim=-1)
@@ -76,7 +69,8 @@ def forward_step(spec: LoopSpec, h, c, keys, gates_in, hidden_weight, hidden_bia
         h_mix, c_next = torch.where(mask, h_cell, h), torch.where(mask, c_new, c)
     else:
         mask, h_mix, c_next = None, h_cell, c_new
-    saved = {"c": c, "q": queries, "p": p_input, "mask": mask, "act": act, "g": g, "tanh_c": tanh_c, "h_mix": h_mix}
+    saved = {"c": c, "q": queries, "p": p_input, "readout": readout, "mask": mask, "act": act, "g": g}
+    saved |= {"tanh_c": tanh_c, "h_mix": h_mix}
     if not spec.communication:
         return h_mix, c_next, saved
     heads, key, value = spec.comm_heads, spec.comm_key, spec.comm_value
@@ -94,10 +88,11 @@ def forward_step(spec: LoopSpec, h, c, keys, gates_in, hidden_weight, hidden_bia
 
 
 def backward_step(
-    spec: LoopSpec, dh, dc, step, keys, gates_in, hidden_weight_t, qkv_weight_t, out_weight_t, output_gate
+    spec: LoopSpec, dh, dc, step, keys, values, weight_ih_t, hidden_weight_t, qkv_weight_t, out_weight_t, output_gate
 ):
     """Gradients through one step: ``dh, dc`` after it -> before it (before any reset), and the
-    step's gradients of the hidden projection's output, the input scores and the comm projections.
+    step's gradients of the hidden projection's output, the input scores, the input read-out and the
+    comm projections.
     ``step`` holds this step's slices of the forward's saved tensors and of :func:`_factors`;
     ``output_gate`` (1, 1, 4, 1) is True in the output gate's slot."""
     units, batch, size = spec.units, dh.shape[1], spec.size
@@ -128,10 +123,12 @@ def backward_step(
     sources = torch.where(output_gate, d_mix.unsqueeze(-2), d_c_new.unsqueeze(-2))
     d_pre = (sources * step["pre"]).view(units, batch, 4 * size)
     dc = torch.addcmul(dc * step["unmask"], d_c_new, step["f"])
-    d_scores_in = (gates_in * d_pre.transpose(0, 1)).sum(-1).permute(2, 1, 0) * step["p"]
+    d_readout = torch.bmm(d_pre, weight_ih_t)
+    per_head = d_readout.view(units, batch, spec.heads, -1) * values.view(1, batch, spec.heads, -1)
+    d_scores_in = per_head.sum(-1) * step["p"]
     d_projected = torch.cat([d_pre, (d_scores_in.unsqueeze(-1) * keys).reshape(units, batch, -1)], dim=-1)
     dh = torch.baddbmm(d_mix * step["unmask"], d_projected, hidden_weight_t)
-    grads["projected"], grads["scores"] = d_projected, d_scores_in
+    grads["projected"], grads["scores"], grads["readout"] = d_projected, d_scores_in, d_readout
     return dh, dc, grads
 
 
@@ -152,7 +149,10 @@ def _or_empty(tensor: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(0) if tensor is None else tensor.contiguous()
 
 
-_SAVED = ("h", "c", "q", "p", "mask", "act", "g", "tanh_c", "h_mix", "qkv", "attention", "read", "sig", "tanh_u")
+_SAVED = (
+    *("h", "c", "q", "p", "readout", "mask", "act", "g", "tanh_c", "h_mix"),
+    *("qkv", "attention", "read", "sig", "tanh_u"),
+)
 
 
 def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int], keep, save: bool):
@@ -160,16 +160,15 @@ def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int],
     weight_ih (K, H * dv, G), h0, c0 (K, B, U), hidden weight (K, U, G + H * dk) and bias
     (K, 1, G + H * dk), comm qkv weight (K, U, QKV) scaled, comm output weight (K, Hv, 2U) and bias
     (K, 1, 2U) (the comm ones None without communication). Returns outputs (T, K, B, U), h_T, c_T
-    and, with ``save``, the per-step tensors stacked as ``(T, ...)`` plus the value gates."""
+    and, with ``save``, the per-step tensors stacked as ``(T, ...)``."""
     keys, values, weight_ih, h, c, *weights = tensors
-    steps = keys.shape[0]
-    gates_in = value_gates(values, weight_ih, spec.heads, steps, spec.batch)
     compiled = _compiled(keys)
     if compiled is not None:
-        # keys, h and c come contiguous from RIMs._run_fused; the C++ side checks.
+        # keys, values, h and c come contiguous from RIMs._run_fused; the C++ side checks.
         results = compiled.forward_loop(
             keys,
-            gates_in,
+            values,
+            weight_ih,
             h,
             c,
             *(_or_empty(w, keys) for w in weights),
@@ -188,15 +187,15 @@ def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int],
             stacked = {
                 name: value for name, value in zip(_SAVED[: len(per_step)], per_step, strict=True) if value is not None
             }
-            stacked["gates_in"] = gates_in
         return outputs, h, c, stacked
     outputs, steps_saved = [], []
     # Per-step views made in one call each rather than one indexing op per step.
-    for t, (keys_t, gates_t) in enumerate(zip(keys.unbind(0), gates_in.unbind(1), strict=True)):
+    values_t = values[: keys.shape[0] * spec.batch].view(keys.shape[0], spec.batch, -1).unbind(0)
+    for t, (keys_t, step_values) in enumerate(zip(keys.unbind(0), values_t, strict=True)):
         if t in reset_steps:
             h, c = h * keep[t], c * keep[t]
         entering = h
-        h, c, saved = forward_step(spec, h, c, keys_t, gates_t, *weights)
+        h, c, saved = forward_step(spec, h, c, keys_t, step_values, weight_ih, *weights)
         if save:
             saved["h"] = entering
             steps_saved.append(saved)
@@ -208,7 +207,6 @@ def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int],
             for name in steps_saved[0]
             if steps_saved[0][name] is not None
         }
-        stacked["gates_in"] = gates_in
     return torch.stack(outputs), h, c, stacked
 
 
@@ -239,18 +237,21 @@ def _factors(spec: LoopSpec, saved: dict[str, Tensor]) -> dict[str, Tensor]:
     return factors
 
 
-def _backward_loop(spec: LoopSpec, dh, dc, grad_outputs, keys, gates_in, saved, factors, weights_t, reset_steps, keep):
+def _backward_loop(spec: LoopSpec, dh, dc, grad_outputs, keys, values, saved, factors, weights_t, reset_steps, keep):
     """The backward recurrence in Python: ``dh, dc`` before the first step and the per-step gradients
-    (projected, scores and, with communication, qkv and out) stacked as ``(T, K, B, n)``."""
+    (projected, scores, readout and, with communication, qkv and out) stacked as ``(T, K, B, n)``.
+    ``weights_t``: weight_ih, the hidden weight and the comm weights, transposed and contiguous."""
     per_step = {name: saved[name] for name in ("qkv", "attention") if name in saved} | factors
     per_step = {name: value.unbind(0) for name, value in per_step.items()}
-    keys_t, gates_t, grad_outputs_t = keys.unbind(0), gates_in.unbind(1), grad_outputs.unbind(0)
+    steps = keys.shape[0]
+    keys_t, grad_outputs_t = keys.unbind(0), grad_outputs.unbind(0)
+    values_t = values[: steps * spec.batch].view(steps, spec.batch, -1).unbind(0)
     output_gate = torch.arange(4, device=keys.device).eq(3).view(1, 1, 4, 1)
     step_grads = []
-    for t in reversed(range(keys.shape[0])):
+    for t in reversed(range(steps)):
         step = {name: value[t] for name, value in per_step.items()}
         dh, dc, grads = backward_step(
-            spec, dh + grad_outputs_t[t], dc, step, keys_t[t], gates_t[t], *weights_t, output_gate
+            spec, dh + grad_outputs_t[t], dc, step, keys_t[t], values_t[t], *weights_t, output_gate
         )
         step_grads.append(grads)
         if t in reset_steps:
@@ -278,11 +279,12 @@ class FusedLoop(torch.autograd.Function):
         units, batch, size = spec.units, spec.batch, spec.size
         steps, gates = keys.shape[0], 4 * size
         factors = _factors(spec, saved)
-        gates_in = saved["gates_in"]
         dh = grad_h if grad_h is not None else grad_outputs.new_zeros(units, batch, size)
         dc = grad_c if grad_c is not None else grad_outputs.new_zeros(units, batch, size)
         # Transposed views: the compiled loop repacks them anyway, the Python one copies them.
-        weights_t = [None if w is None else w.transpose(1, 2) for w in (hidden_weight, qkv_weight, out_weight)]
+        weight_ih_t, *weights_t = [
+            None if w is None else w.transpose(1, 2) for w in (weight_ih, hidden_weight, qkv_weight, out_weight)
+        ]
         compiled = _compiled(keys)
         if compiled is not None:
             dh, dc, *grads = compiled.backward_loop(
@@ -290,7 +292,8 @@ class FusedLoop(torch.autograd.Function):
                 dc.contiguous(),
                 grad_outputs.contiguous(),
                 keys,
-                gates_in,
+                values,
+                weight_ih_t,
                 *(factors[name].contiguous() for name in ("mask", "unmask", "f", "cell_to_c", "pre", "p")),
                 *(_or_empty(x, keys) for x in (factors.get("out"), saved.get("qkv"), saved.get("attention"))),
                 *(keys.new_empty(0) if w is None else w for w in weights_t),
@@ -301,7 +304,7 @@ class FusedLoop(torch.autograd.Function):
                 spec.comm_value,
                 spec.communication,
             )
-            grad = dict(zip(("projected", "scores", "qkv", "out")[: len(grads)], grads, strict=True))
+            grad = dict(zip(("projected", "scores", "readout", "qkv", "out")[: len(grads)], grads, strict=True))
         else:
             dh, dc, grad = _backward_loop(
                 spec,
@@ -309,10 +312,10 @@ class FusedLoop(torch.autograd.Function):
                 dc,
                 grad_outputs,
                 keys,
-                gates_in,
+                values,
                 saved,
                 factors,
-                [None if w is None else w.contiguous() for w in weights_t],
+                [None if w is None else w.contiguous() for w in (weight_ih_t, *weights_t)],
                 ctx.reset_steps,
                 keep,
             )
@@ -322,25 +325,25 @@ class FusedLoop(torch.autograd.Function):
         def over_steps(x: Tensor) -> Tensor:  # (T, K, B, n) -> (K, T * B, n)
             return x.transpose(0, 1).reshape(units, steps * batch, -1)
 
-        d_hidden_weight = torch.bmm(over_steps(saved["h"]).transpose(1, 2), over_steps(grad_projected))
-        d_hidden_bias = grad_projected.sum((0, 2)).unsqueeze(1)
+        # Bias gradients from the unit-major copies the weight gradients need anyway: a sum over the
+        # middle dimension there is several times faster than over (T, B) of the step-major tensors.
+        d_projected_all = over_steps(grad_projected)
+        d_hidden_weight = torch.bmm(over_steps(saved["h"]).transpose(1, 2), d_projected_all)
+        d_hidden_bias = d_projected_all.sum(1, keepdim=True)
         d_keys = (grad_scores.unsqueeze(-1) * saved["q"]).sum(1)
-        # The value gates' gradient, p x d_pre, is never formed: its products with the values and
-        # with weight_ih are taken directly.
+        d_pre_all = d_projected_all[..., :gates]
+        d_weight_ih = torch.bmm(over_steps(saved["readout"]).transpose(1, 2), d_pre_all)
+        # Each unit read the values weighted by its p: their gradient sums the units' read-out gradients so.
         rows = steps * batch
-        d_pre_all = over_steps(grad_projected[..., :gates])
-        p_all = over_steps(saved["p"]).unsqueeze(-1)
-        per_head = values[:rows].view(1, rows, spec.heads, -1)
-        readout = (p_all * per_head).view(units, rows, -1)
-        d_weight_ih = torch.bmm(readout.transpose(1, 2), d_pre_all)
+        d_readout = grad["readout"].view(steps, units, batch, spec.heads, -1)
         d_values = torch.zeros_like(values)
-        d_readout = torch.bmm(d_pre_all, weight_ih.transpose(1, 2)).view(units, rows, spec.heads, -1)
-        d_values[:rows] = (d_readout * p_all).sum(0).view(rows, -1)
+        d_values[:rows] = (d_readout * saved["p"].unsqueeze(-1)).sum(1).view(rows, -1)
         d_qkv_weight = d_out_weight = d_out_bias = None
         if spec.communication:
             d_qkv_weight = torch.bmm(over_steps(saved["h_mix"]).transpose(1, 2), over_steps(grad["qkv"]))
-            d_out_weight = torch.bmm(over_steps(saved["read"]).transpose(1, 2), over_steps(grad["out"]))
-            d_out_bias = grad["out"].sum((0, 2)).unsqueeze(1)
+            d_out_all = over_steps(grad["out"])
+            d_out_weight = torch.bmm(over_steps(saved["read"]).transpose(1, 2), d_out_all)
+            d_out_bias = d_out_all.sum(1, keepdim=True)
         return (
             None,
             None,

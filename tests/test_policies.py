@@ -53,6 +53,33 @@ def test_core_is_ours_and_optimizer_covers_every_parameter(policy, critic_core):
     assert model.rollout_buffer.hidden_states_pi.shape == (32, 1, 3, width)
 
 
+def test_adam_runs_fused_unless_the_options_choose_and_is_saved_as_given(tmp_path):
+    """Adam is fused by default (same steps as SB3's per-tensor loop up to rounding); an explicit
+    foreach or fused choice wins; the saved policy keeps the user's optimizer_kwargs as given."""
+    model = ppo("rims")
+    assert model.policy.optimizer.defaults["fused"] is True
+    assert model.policy.optimizer_kwargs == {"eps": 1e-5}  # SB3's Adam default, not rewritten
+    name, policy_kwargs = POLICIES["rims"]
+    chosen = RimsPPO(name, cartpole(), policy_kwargs={**policy_kwargs, "optimizer_kwargs": {"foreach": False}})
+    assert not chosen.policy.optimizer.defaults["fused"] and chosen.policy.optimizer.defaults["foreach"] is False
+    # One fused step against the per-tensor loop from the same gradients.
+    policy = model.policy
+    looped = torch.optim.Adam(copy.deepcopy(policy).parameters(), lr=1e-3, eps=1e-5, foreach=False)
+    for group in policy.optimizer.param_groups:
+        group["lr"] = 1e-3
+    for fused_param, loop_param in zip(policy.parameters(), looped.param_groups[0]["params"], strict=True):
+        fused_param.grad = torch.randn_like(fused_param)
+        loop_param.grad = fused_param.grad.clone()
+    policy.optimizer.step()
+    looped.step()
+    for fused_param, loop_param in zip(policy.parameters(), looped.param_groups[0]["params"], strict=True):
+        torch.testing.assert_close(fused_param, loop_param, rtol=1e-5, atol=1e-6)
+    model.learn(64)
+    model.save(tmp_path / "model.zip")
+    loaded = RimsPPO.load(tmp_path / "model.zip", device="cpu")
+    assert loaded.policy.optimizer.defaults["fused"] is True and loaded.policy.optimizer_kwargs == {"eps": 1e-5}
+
+
 def test_bad_policy_settings_fail_clearly():
     with pytest.raises(ValueError, match="k_active"):
         ppo(policy="rims").__class__("RimsPolicy", cartpole(), policy_kwargs={"rims_kwargs": {**RIMS, "k_active": 9}})
@@ -269,18 +296,23 @@ def test_multi_input_policies_train_on_dict_observations(policy):
 
 @pytest.mark.parametrize("policy_class", [RimsCnnPolicy, LstmCnnPolicy])
 def test_cnn_runs_channels_last_with_the_same_features_and_gradients(policy_class, tmp_path):
-    """Our CNN policies keep their convolutions in channels-last layout (faster on CPU), also after a
-    save/load round trip, and compute what the usual layout computes."""
+    """Our CNN policies keep their convolutions and their input batches in channels-last layout
+    (faster on CPU), also after a save/load round trip, and compute what the usual layout computes."""
+    CL = torch.channels_last
     space = gym.spaces.Box(0, 255, (4, 36, 36), dtype=np.uint8)
     kwargs = {"rims_kwargs": RIMS} if policy_class is RimsCnnPolicy else {"lstm_hidden_size": 32}
     policy = policy_class(space, gym.spaces.Discrete(3), lambda _: 1e-3, **kwargs)
     convs = [m for m in policy.features_extractor.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert convs and all(m.weight.is_contiguous(memory_format=CL) for m in convs)
     reference = copy.deepcopy(policy.features_extractor).to(memory_format=torch.contiguous_format)
     assert not convs[0].weight.is_contiguous() and reference.cnn[0].weight.is_contiguous()
-    obs = torch.randint(0, 256, (5, *space.shape), dtype=torch.uint8).float()
+    layouts = []
+    convs[0].register_forward_pre_hook(lambda _, args: layouts.append(args[0].is_contiguous(memory_format=CL)))
+    obs = torch.randint(0, 256, (5, *space.shape), dtype=torch.uint8)
     features = policy.extract_features(obs)
-    expected = reference(obs / 255.0)
+    # The byte batch is laid out channels-last before scaling: the first convolution gets it so.
+    assert layouts == [True] and obs.is_contiguous()
+    expected = reference(obs.float() / 255.0)
     torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-6)
     features.square().sum().backward()
     expected.square().sum().backward()

@@ -257,7 +257,7 @@ void tanh_n<float>(float* out, const float* in, int64_t n) {
 }
 
 struct Sizes {
-  int64_t T, B, K, U, G, H, dk, NP, Hc, ck, cv, QKV, k_active;
+  int64_t T, B, K, U, G, H, dk, HV, NP, Hc, ck, cv, QKV, k_active;
   bool comm, select;
 };
 
@@ -283,20 +283,24 @@ Sizes sizes(const Tensor& keys, const Tensor& h0, const Tensor& hidden_weight, i
   return s;
 }
 
-// gates_in is (H, T, B, K, G), a row slice of a bigger (H, rows, K * G) tensor: contiguous below the head.
-void check_gates(const Tensor& gates_in, const Sizes& s) {
-  TORCH_CHECK(gates_in.dim() == 5 && gates_in.size(0) == s.H && gates_in.stride(4) == 1 &&
-                  gates_in.stride(3) == s.G && gates_in.stride(2) == s.K * s.G && gates_in.stride(1) == s.B * s.K * s.G,
-              "rims_loop: value gates must be (H, T, B, K, G), contiguous below the head");
+// values are (rows >= T B, H dv), the padded input projection; weight_ih (K, H dv, G) in any strides (the
+// backward passes its transpose, (K, G, H dv)).
+void check_input_side(const Tensor& values, const Tensor& weight_ih, bool transposed, Sizes& s) {
+  s.HV = values.size(1);
+  const int64_t rows = transposed ? weight_ih.size(2) : weight_ih.size(1), cols = transposed ? weight_ih.size(1) : weight_ih.size(2);
+  TORCH_CHECK(values.dim() == 2 && values.size(0) >= s.T * s.B && s.HV % s.H == 0 && weight_ih.dim() == 3 &&
+                  weight_ih.size(0) == s.K && rows == s.HV && cols == s.G,
+              "rims_loop: values must be (rows >= T B, H dv) and weight_ih (K, H dv, 4U)");
 }
 
 template <typename scalar_t>
-std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& gates_in, const Tensor& h0, const Tensor& c0,
-                                 const Tensor& hidden_weight, const Tensor& hidden_bias, const Tensor& qkv_weight,
+std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const Tensor& weight_ih, const Tensor& h0,
+                                 const Tensor& c0, const Tensor& hidden_weight, const Tensor& hidden_bias, const Tensor& qkv_weight,
                                  const Tensor& out_weight, const Tensor& out_bias, const Tensor& keep,
                                  const std::vector<bool>& reset, const Sizes& s, bool save) {
   using T = scalar_t;
   const int64_t steps = s.T, B = s.B, K = s.K, U = s.U, G = s.G, H = s.H, dk = s.dk, NP = s.NP;
+  const int64_t HV = s.HV, dv = s.HV / s.H;
   const int64_t KB = K * B, KBU = K * B * U;
   const int64_t Hc = s.Hc, ck = s.ck, cv = s.cv, QKV = s.QKV, Hv = s.Hc * s.cv;
   auto opts = h0.options();
@@ -308,6 +312,7 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& gates_in, con
   // With save, each buffer holds every step (the backward's inputs); without, one step, reused.
   Tensor outputs = at::empty({steps, K, B, U}, opts);
   Tensor h_in = stack({K, B, U}), c_in = stack({K, B, U}), q = stack({K, B, H * dk}), p = stack({K, B, H});
+  Tensor readout = stack({K, B, HV});
   Tensor act = stack({K, B, G}), g = stack({K, B, U}), tanh_c = stack({K, B, U}), h_mix = stack({K, B, U});
   Tensor mask = at::empty({save ? steps : 1, K, B, 1}, opts.dtype(at::kBool));
   Tensor qkv, attention, read, sig, tanh_u;
@@ -319,16 +324,15 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& gates_in, con
     tanh_u = stack({K, B, U});
   }
   const bool pack_all = steps >= kPackFrom;
-  const Panels<T> w_hidden = panels_of<T>(hidden_weight, pack_all), w_qkv = panels_of<T>(qkv_weight, pack_all),
-                  w_out = panels_of<T>(out_weight, pack_all);
+  const Panels<T> w_hidden = panels_of<T>(hidden_weight, pack_all), w_ih = panels_of<T>(weight_ih, pack_all),
+                  w_qkv = panels_of<T>(qkv_weight, pack_all), w_out = panels_of<T>(out_weight, pack_all);
   std::vector<T> projected(KB * NP), pre(KB * G), c_next(KBU), c_new(KBU), h_cell(KBU), update(s.comm ? KB * 2 * U : 0);
   std::vector<T> scores(K * K), p_null(K);
   std::vector<int64_t> order(K);
   std::vector<char> active(KB, 1);
 
   const T* keys_p = keys.data_ptr<T>();
-  const T* gates_p = gates_in.data_ptr<T>();
-  const int64_t head_stride = gates_in.stride(0), step_stride = gates_in.stride(1);
+  const T* values_p = values.data_ptr<T>();
   const T* keep_p = reset.empty() ? nullptr : keep.data_ptr<T>();
   const T* hidden_bias_p = hidden_bias.data_ptr<T>();
   const T* out_bias_p = s.comm ? out_bias.data_ptr<T>() : nullptr;
@@ -340,6 +344,7 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& gates_in, con
     T* cin = c_in.data_ptr<T>() + at_t * KBU;
     T* q_t = q.data_ptr<T>() + at_t * KB * H * dk;
     T* p_t = p.data_ptr<T>() + at_t * KB * H;
+    T* readout_t = readout.data_ptr<T>() + at_t * KB * HV;
     T* act_t = act.data_ptr<T>() + at_t * KB * G;
     T* g_t = g.data_ptr<T>() + at_t * KBU;
     T* tanh_c_t = tanh_c.data_ptr<T>() + at_t * KBU;
@@ -349,9 +354,9 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& gates_in, con
     const T* hprev = t == 0 ? h0.data_ptr<T>() : out_all + (t - 1) * KBU;
     const T* cprev = t == 0 ? c0.data_ptr<T>() : c_next.data();
     const bool resets = !reset.empty() && reset[t];
-    const T* gates_t = gates_p + t * step_stride;
 
-    // The cells of every unit, and their attention on the input (p).
+    // The cells of every unit, and their attention on the input (p): each unit reads the heads' values
+    // weighted by p and projects that through its own weight_ih, whose gates add to the hidden side's.
     each_unit(K, [&](int64_t k) {
       for (int64_t b = 0; b < B; ++b) {
         const T kept = resets ? keep_p[t * B + b] : T(1);
@@ -369,16 +374,14 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& gates_in, con
         T* pp = p_t + kb * H;
         for (int64_t h = 0; h < H; ++h) pp[h] = sigmoid(dot(pr + G + h * dk, keys_p + ((t * B + b) * H + h) * dk, dk));
         std::copy(pr + G, pr + NP, q_t + kb * H * dk);
-        T* row_pre = pre.data() + kb * G;
-        std::copy(pr, pr + G, row_pre);
-        for (int64_t h = 0; h < H; ++h) {
-          const T* gate_row = gates_t + h * head_stride + (b * K + k) * G;
-          const T weight = pp[h];
-          for (int64_t j = 0; j < G; ++j) row_pre[j] += weight * gate_row[j];
-        }
-        // the candidate's slot in act goes unused: one sigmoid over all four gates, as the Python loop
-        tanh_n<T>(g_t + kb * U, row_pre + 2 * U, U);
+        const T* value_row = values_p + (t * B + b) * HV;
+        T* read_row = readout_t + kb * HV;
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t v = 0; v < dv; ++v) read_row[h * dv + v] = pp[h] * value_row[h * dv + v];
       }
+      gemm<T>(readout_t + k * B * HV, B, w_ih, k, proj, NP, pre.data() + k * B * G);
+      // the candidate's slot in act goes unused: one sigmoid over all four gates, as the Python loop
+      for (int64_t b = 0; b < B; ++b) tanh_n<T>(g_t + (k * B + b) * U, pre.data() + (k * B + b) * G + 2 * U, U);
       sigmoid_n<T>(act_t + k * B * G, pre.data() + k * B * G, B * G);
       for (int64_t b = 0; b < B; ++b) {
         const T* a = act_t + (k * B + b) * G;
@@ -471,8 +474,8 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& gates_in, con
   std::copy(c_next.begin(), c_next.end(), c_last.data_ptr<T>());
   std::vector<Tensor> result{outputs, outputs[steps - 1].clone(), c_last};
   if (save) {
-    result.insert(result.end(), {h_in, c_in, q.view({steps, K, B, H, dk}), p, s.select ? mask : Tensor(), act, g,
-                                 tanh_c, h_mix});
+    result.insert(result.end(), {h_in, c_in, q.view({steps, K, B, H, dk}), p, readout, s.select ? mask : Tensor(),
+                                 act, g, tanh_c, h_mix});
     if (s.comm) result.insert(result.end(), {qkv, attention, read, sig, tanh_u});
   }
   return result;
@@ -480,30 +483,31 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& gates_in, con
 
 template <typename scalar_t>
 std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outputs, const Tensor& keys,
-                                  const Tensor& gates_in, const Tensor& mask, const Tensor& unmask, const Tensor& forget,
+                                  const Tensor& values, const Tensor& weight_ih_t, const Tensor& mask, const Tensor& unmask, const Tensor& forget,
                                   const Tensor& cell_to_c, const Tensor& pre, const Tensor& p, const Tensor& out,
                                   const Tensor& qkv, const Tensor& attention, const Tensor& hidden_weight_t,
                                   const Tensor& qkv_weight_t, const Tensor& out_weight_t, const Tensor& keep,
                                   const std::vector<bool>& reset, const Sizes& s) {
   using T = scalar_t;
   const int64_t steps = s.T, B = s.B, K = s.K, U = s.U, G = s.G, H = s.H, dk = s.dk, NP = s.NP;
+  const int64_t HV = s.HV, dv = s.HV / s.H;
   const int64_t KB = K * B, KBU = K * B * U;
   const int64_t Hc = s.Hc, ck = s.ck, cv = s.cv, QKV = s.QKV, Hv = s.Hc * s.cv;
   auto opts = dh.options();
   Tensor grad_projected = at::empty({steps, K, B, NP}, opts), grad_scores = at::empty({steps, K, B, H}, opts);
+  Tensor grad_readout = at::empty({steps, K, B, HV}, opts);
   Tensor grad_qkv, grad_out;
   if (s.comm) {
     grad_qkv = at::empty({steps, K, B, QKV}, opts);
     grad_out = at::empty({steps, K, B, 2 * U}, opts);
   }
   const bool pack_all = steps >= kPackFrom;
-  const Panels<T> w_hidden = panels_of<T>(hidden_weight_t, pack_all), w_qkv = panels_of<T>(qkv_weight_t, pack_all),
-                  w_out = panels_of<T>(out_weight_t, pack_all);
+  const Panels<T> w_hidden = panels_of<T>(hidden_weight_t, pack_all), w_ih = panels_of<T>(weight_ih_t, pack_all),
+                  w_qkv = panels_of<T>(qkv_weight_t, pack_all), w_out = panels_of<T>(out_weight_t, pack_all);
   std::vector<T> dh_in(KBU), d_mix(KBU), d_mix_kept(KBU), d_read(s.comm ? KB * Hv : 0);
-  std::vector<T> d_pre(K * G), d_att(K * K), d_scores(B * Hc * K * K);
+  std::vector<T> d_pre(KB * G), d_att(K * K), d_scores(B * Hc * K * K);
   const T* keys_p = keys.data_ptr<T>();
-  const T* gates_p = gates_in.data_ptr<T>();
-  const int64_t head_stride = gates_in.stride(0), step_stride = gates_in.stride(1);
+  const T* values_p = values.data_ptr<T>();
   const T* keep_p = reset.empty() ? nullptr : keep.data_ptr<T>();
   const T* mask_p = mask.data_ptr<T>();
   const T* unmask_p = unmask.data_ptr<T>();
@@ -559,7 +563,7 @@ std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outpu
     // Keys' and values' gradients (unit j), then j's cell and hidden projection backward.
     T* dproj_t = grad_projected.data_ptr<T>() + t * KB * NP;
     T* dsc = grad_scores.data_ptr<T>() + t * KB * H;
-    const T* gates_t = gates_p + t * step_stride;
+    T* dread_t = grad_readout.data_ptr<T>() + t * KB * HV;
     each_unit(K, [&](int64_t j) {
       const T* dmix = dh_in.data();
       if (s.comm) {
@@ -580,9 +584,9 @@ std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outpu
         gemm<T>(dx + j * B * QKV, B, w_qkv, j, dh_in.data() + j * B * U, U, d_mix.data() + j * B * U);
         dmix = d_mix.data();
       }
-      T* dp_unit = d_pre.data() + j * G;
       for (int64_t b = 0; b < B; ++b) {
         const int64_t kb = j * B + b, row = kb * U, step_kb = t * KB + kb;
+        T* dp_unit = d_pre.data() + kb * G;
         const T on = mask_p[step_kb], off = unmask_p[step_kb];
         const T* f = forget_p + step_kb * U;
         const T* to_c = cell_p + step_kb * U;
@@ -597,11 +601,16 @@ std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outpu
           dcp[row + u] = dcp[row + u] * off + dcn * f[u];
           d_mix_kept[row + u] = dm * off;
         }
+        std::copy(dp_unit, dp_unit + G, dproj_t + kb * NP);
+      }
+      // Through the input side: the read-out's gradient, and from it each head's score.
+      gemm<T>(d_pre.data() + j * B * G, B, w_ih, j, nullptr, 0, dread_t + j * B * HV);
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t kb = j * B + b;
         T* dp = dproj_t + kb * NP;
-        std::copy(dp_unit, dp_unit + G, dp);
-        const T* slope = p_p + step_kb * H;
+        const T* slope = p_p + (t * KB + kb) * H;
         for (int64_t h = 0; h < H; ++h) {
-          const T d_score = dot(gates_t + h * head_stride + (b * K + j) * G, dp_unit, G) * slope[h];
+          const T d_score = dot(dread_t + kb * HV + h * dv, values_p + (t * B + b) * HV + h * dv, dv) * slope[h];
           dsc[kb * H + h] = d_score;
           const T* key = keys_p + ((t * B + b) * H + h) * dk;
           for (int64_t d = 0; d < dk; ++d) dp[G + h * dk + d] = d_score * key[d];
@@ -619,7 +628,7 @@ std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outpu
         }
     });
   }
-  std::vector<Tensor> result{dh, dc, grad_projected, grad_scores};
+  std::vector<Tensor> result{dh, dc, grad_projected, grad_scores, grad_readout};
   if (s.comm) result.insert(result.end(), {grad_qkv, grad_out});
   return result;
 }
@@ -641,40 +650,39 @@ void check_contiguous(std::initializer_list<const Tensor*> tensors) {
                 "rims_loop: expected contiguous CPU tensors");
 }
 
-std::vector<Tensor> forward_loop(const Tensor& keys, const Tensor& gates_in, const Tensor& h0, const Tensor& c0,
-                                 const Tensor& hidden_weight, const Tensor& hidden_bias, const Tensor& qkv_weight,
+std::vector<Tensor> forward_loop(const Tensor& keys, const Tensor& values, const Tensor& weight_ih, const Tensor& h0,
+                                 const Tensor& c0, const Tensor& hidden_weight, const Tensor& hidden_bias, const Tensor& qkv_weight,
                                  const Tensor& out_weight, const Tensor& out_bias, const Tensor& keep,
                                  std::vector<int64_t> reset_steps, int64_t k_active, int64_t comm_heads,
                                  int64_t comm_key, int64_t comm_value, bool communication, bool save) {
-  check_contiguous({&keys, &h0, &c0, &hidden_bias, &out_bias, &keep});
-  const Sizes s = sizes(keys, h0, hidden_weight, k_active, comm_heads, comm_key, comm_value, communication);
-  check_gates(gates_in, s);
+  check_contiguous({&keys, &values, &h0, &c0, &hidden_bias, &out_bias, &keep});
+  Sizes s = sizes(keys, h0, hidden_weight, k_active, comm_heads, comm_key, comm_value, communication);
+  check_input_side(values, weight_ih, false, s);
   const std::vector<bool> reset = reset_flags(reset_steps, s.T);
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rims_forward_loop", [&] {
-    result = forward_impl<scalar_t>(keys, gates_in, h0, c0, hidden_weight, hidden_bias, qkv_weight, out_weight,
+    result = forward_impl<scalar_t>(keys, values, weight_ih, h0, c0, hidden_weight, hidden_bias, qkv_weight, out_weight,
                                     out_bias, keep, reset, s, save);
   });
   return result;
 }
 
 std::vector<Tensor> backward_loop(const Tensor& dh, const Tensor& dc, const Tensor& grad_outputs, const Tensor& keys,
-                                  const Tensor& gates_in, const Tensor& mask, const Tensor& unmask,
+                                  const Tensor& values, const Tensor& weight_ih_t, const Tensor& mask, const Tensor& unmask,
                                   const Tensor& forget, const Tensor& cell_to_c, const Tensor& pre, const Tensor& p,
                                   const Tensor& out, const Tensor& qkv, const Tensor& attention,
                                   const Tensor& hidden_weight_t, const Tensor& qkv_weight_t,
                                   const Tensor& out_weight_t, const Tensor& keep, std::vector<int64_t> reset_steps,
                                   int64_t comm_heads, int64_t comm_key, int64_t comm_value, bool communication) {
-  check_contiguous({&dh, &dc, &grad_outputs, &keys, &mask, &unmask, &forget, &cell_to_c, &pre, &p, &out, &qkv,
+  check_contiguous({&dh, &dc, &grad_outputs, &keys, &values, &mask, &unmask, &forget, &cell_to_c, &pre, &p, &out, &qkv,
                     &attention, &keep});
   // hidden_weight_t is (K, NP, U): the sizes come from its transpose.
-  const Sizes s =
-      sizes(keys, dh, hidden_weight_t.transpose(1, 2), dh.size(0), comm_heads, comm_key, comm_value, communication);
-  check_gates(gates_in, s);
+  Sizes s = sizes(keys, dh, hidden_weight_t.transpose(1, 2), dh.size(0), comm_heads, comm_key, comm_value, communication);
+  check_input_side(values, weight_ih_t, true, s);
   const std::vector<bool> reset = reset_flags(reset_steps, s.T);
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rims_backward_loop", [&] {
-    result = backward_impl<scalar_t>(dh.clone(), dc.clone(), grad_outputs, keys, gates_in, mask, unmask, forget,
+    result = backward_impl<scalar_t>(dh.clone(), dc.clone(), grad_outputs, keys, values, weight_ih_t, mask, unmask, forget,
                                      cell_to_c, pre, p, out, qkv, attention, hidden_weight_t, qkv_weight_t,
                                      out_weight_t, keep, reset, s);
   });
