@@ -40,9 +40,16 @@ class _Unpadded:
     place the features in the padded grid (``RecurrentCorePolicy._padded_features``)."""
 
     def _get_samples(self, batch_inds: np.ndarray, env_change: np.ndarray, env=None):
-        samples = super()._get_samples(batch_inds, env_change, env)
+        # The parent would also gather and pad the observations (on Atari most of its time), which
+        # this minibatch replaces: it gets an empty stand-in to pad instead.
+        observations, obs_shape = self.observations, self.obs_shape
+        self.observations, self.obs_shape = np.empty((len(observations), 0), observations.dtype), (0,)
+        try:
+            samples = super()._get_samples(batch_inds, env_change, env)
+        finally:
+            self.observations, self.obs_shape = observations, obs_shape
         return samples._replace(
-            observations=self.to_torch(self.observations[batch_inds]),
+            observations=self.to_torch(observations[batch_inds]),
             episode_starts=self.pad_and_flatten(self.episode_starts[batch_inds], padding_value=PADDING_START),
         )
 

@@ -125,7 +125,7 @@ def backward_step(
     dc = torch.addcmul(dc * step["unmask"], d_c_new, step["f"])
     d_readout = torch.bmm(d_pre, weight_ih_t)
     per_head = d_readout.view(units, batch, spec.heads, -1) * values.view(1, batch, spec.heads, -1)
-    d_scores_in = per_head.sum(-1) * step["p"]
+    d_scores_in = per_head.sum(-1) * step["p_slope"]
     d_projected = torch.cat([d_pre, (d_scores_in.unsqueeze(-1) * keys).reshape(units, batch, -1)], dim=-1)
     dh = torch.baddbmm(d_mix * step["unmask"], d_projected, hidden_weight_t)
     grads["projected"], grads["scores"], grads["readout"] = d_projected, d_scores_in, d_readout
@@ -149,10 +149,10 @@ def _or_empty(tensor: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(0) if tensor is None else tensor.contiguous()
 
 
-_SAVED = (
-    *("h", "c", "q", "p", "readout", "mask", "act", "g", "tanh_c", "h_mix"),
-    *("qkv", "attention", "read", "sig", "tanh_u"),
-)
+# The local derivatives of _factors, and the compiled forward's saved tensors: it forms those
+# derivatives itself, where the Python loop keeps the gate values for _factors.
+_FACTORS = ("mask", "unmask", "f", "cell_to_c", "pre", "p_slope", "out")
+_COMPILED_SAVED = ("h", "q", "p", "readout", "h_mix", *_FACTORS[:-1], "qkv", "attention", "read", "out")
 
 
 def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int], keep, save: bool):
@@ -160,7 +160,7 @@ def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int],
     weight_ih (K, H * dv, G), h0, c0 (K, B, U), hidden weight (K, U, G + H * dk) and bias
     (K, 1, G + H * dk), comm qkv weight (K, U, QKV) scaled, comm output weight (K, Hv, 2U) and bias
     (K, 1, 2U) (the comm ones None without communication). Returns outputs (T, K, B, U), h_T, c_T
-    and, with ``save``, the per-step tensors stacked as ``(T, ...)``."""
+    and, with ``save``, what the backward needs, stacked as ``(T, ...)``."""
     keys, values, weight_ih, h, c, *weights = tensors
     compiled = _compiled(keys)
     if compiled is not None:
@@ -184,9 +184,7 @@ def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int],
         outputs, h, c, *per_step = results
         stacked = None
         if save:
-            stacked = {
-                name: value for name, value in zip(_SAVED[: len(per_step)], per_step, strict=True) if value is not None
-            }
+            stacked = dict(zip(_COMPILED_SAVED[: len(per_step)], per_step, strict=True))
         return outputs, h, c, stacked
     outputs, steps_saved = [], []
     # Per-step views made in one call each rather than one indexing op per step.
@@ -227,7 +225,7 @@ def _factors(spec: LoopSpec, saved: dict[str, Tensor]) -> dict[str, Tensor]:
         "pre": torch.stack(
             [g * i * (1.0 - i), c * f * (1.0 - f), i * (1.0 - g * g), mask * tanh_c * o * (1.0 - o)], -2
         ),
-        "p": saved["p"] * (1.0 - saved["p"]),
+        "p_slope": saved["p"] * (1.0 - saved["p"]),
     }
     if spec.communication:
         sig, tanh_u = saved["sig"], saved["tanh_u"]
@@ -278,7 +276,7 @@ class FusedLoop(torch.autograd.Function):
         keys, values, weight_ih, hidden_weight, qkv_weight, out_weight = ctx.saved_tensors
         units, batch, size = spec.units, spec.batch, spec.size
         steps, gates = keys.shape[0], 4 * size
-        factors = _factors(spec, saved)
+        factors = _factors(spec, saved) if "act" in saved else {name: saved[name] for name in _FACTORS if name in saved}
         dh = grad_h if grad_h is not None else grad_outputs.new_zeros(units, batch, size)
         dc = grad_c if grad_c is not None else grad_outputs.new_zeros(units, batch, size)
         # Transposed views: the compiled loop repacks them anyway, the Python one copies them.
@@ -294,7 +292,7 @@ class FusedLoop(torch.autograd.Function):
                 keys,
                 values,
                 weight_ih_t,
-                *(factors[name].contiguous() for name in ("mask", "unmask", "f", "cell_to_c", "pre", "p")),
+                *(factors[name].contiguous() for name in _FACTORS[:-1]),
                 *(_or_empty(x, keys) for x in (factors.get("out"), saved.get("qkv"), saved.get("attention"))),
                 *(keys.new_empty(0) if w is None else w for w in weights_t),
                 _keep_all(keep, ctx.reset_steps, keys),

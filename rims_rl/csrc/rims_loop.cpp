@@ -311,18 +311,27 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
   };
   // With save, each buffer holds every step (the backward's inputs); without, one step, reused.
   Tensor outputs = at::empty({steps, K, B, U}, opts);
-  Tensor h_in = stack({K, B, U}), c_in = stack({K, B, U}), q = stack({K, B, H * dk}), p = stack({K, B, H});
-  Tensor readout = stack({K, B, HV});
-  Tensor act = stack({K, B, G}), g = stack({K, B, U}), tanh_c = stack({K, B, U}), h_mix = stack({K, B, U});
-  Tensor mask = at::empty({save ? steps : 1, K, B, 1}, opts.dtype(at::kBool));
-  Tensor qkv, attention, read, sig, tanh_u;
+  Tensor h_in = stack({K, B, U}), q = stack({K, B, H * dk}), p = stack({K, B, H}), readout = stack({K, B, HV});
+  Tensor h_mix = stack({K, B, U});
+  Tensor qkv, attention, read;
   if (s.comm) {
     qkv = stack({K, B, QKV});
     attention = stack({K, K, B, Hc, 1});
     read = stack({K, B, Hv});
-    sig = stack({K, B, U});
-    tanh_u = stack({K, B, U});
   }
+  // With save, the local derivatives the backward multiplies by (rims_loop._factors), formed here while
+  // each step's gate values are at hand: the gates themselves are kept for one step only.
+  Tensor mask, unmask, forget, cell_to_c, slopes, p_slope, out_slopes;
+  if (save) {
+    mask = stack({K, B, 1});
+    unmask = stack({K, B, 1});
+    forget = stack({K, B, U});
+    cell_to_c = stack({K, B, U});
+    slopes = stack({K, B, 4, U});
+    p_slope = stack({K, B, H});
+    if (s.comm) out_slopes = stack({K, B, 2, U});
+  }
+  std::vector<T> c_in(KBU), act(KB * G), g(KBU), tanh_c(KBU), sig(s.comm ? KBU : 0), tanh_u(s.comm ? KBU : 0);
   const bool pack_all = steps >= kPackFrom;
   const Panels<T> w_hidden = panels_of<T>(hidden_weight, pack_all), w_ih = panels_of<T>(weight_ih, pack_all),
                   w_qkv = panels_of<T>(qkv_weight, pack_all), w_out = panels_of<T>(out_weight, pack_all);
@@ -338,18 +347,42 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
   const T* out_bias_p = s.comm ? out_bias.data_ptr<T>() : nullptr;
   T* out_all = outputs.data_ptr<T>();
 
+  // Step t's local derivatives of row kb (unit-major k * B + b) whose active flag is m.
+  int64_t t_saved = 0;
+  auto save_cell_slopes = [&](int64_t kb, T m) {
+    const int64_t at = t_saved * KB + kb, row = kb * U;
+    mask.data_ptr<T>()[at] = m;
+    unmask.data_ptr<T>()[at] = T(1) - m;
+    const T* a = act.data() + kb * G;  // i, f, (unused), o
+    T* f_out = forget.data_ptr<T>() + at * U;
+    T* to_c = cell_to_c.data_ptr<T>() + at * U;
+    T* sl = slopes.data_ptr<T>() + at * 4 * U;
+    for (int64_t u = 0; u < U; ++u) {
+      const T i = a[u], f = a[U + u], o = a[3 * U + u], gg = g[row + u], tc = tanh_c[row + u];
+      f_out[u] = f;
+      to_c[u] = m * o * (T(1) - tc * tc);
+      sl[u] = gg * i * (T(1) - i);
+      sl[U + u] = c_in[row + u] * f * (T(1) - f);
+      sl[2 * U + u] = i * (T(1) - gg * gg);
+      sl[3 * U + u] = m * tc * o * (T(1) - o);
+    }
+    const T* pp = p.data_ptr<T>() + at * H;
+    T* ps = p_slope.data_ptr<T>() + at * H;
+    for (int64_t h = 0; h < H; ++h) ps[h] = pp[h] * (T(1) - pp[h]);
+  };
+
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t at_t = save ? t : 0;
+    t_saved = t;
     T* hin = h_in.data_ptr<T>() + at_t * KBU;
-    T* cin = c_in.data_ptr<T>() + at_t * KBU;
+    T* cin = c_in.data();
     T* q_t = q.data_ptr<T>() + at_t * KB * H * dk;
     T* p_t = p.data_ptr<T>() + at_t * KB * H;
     T* readout_t = readout.data_ptr<T>() + at_t * KB * HV;
-    T* act_t = act.data_ptr<T>() + at_t * KB * G;
-    T* g_t = g.data_ptr<T>() + at_t * KBU;
-    T* tanh_c_t = tanh_c.data_ptr<T>() + at_t * KBU;
+    T* act_t = act.data();
+    T* g_t = g.data();
+    T* tanh_c_t = tanh_c.data();
     T* hmix = h_mix.data_ptr<T>() + at_t * KBU;
-    bool* mask_t = mask.data_ptr<bool>() + at_t * KB;
     T* out_t = out_all + t * KBU;
     const T* hprev = t == 0 ? h0.data_ptr<T>() : out_all + (t - 1) * KBU;
     const T* cprev = t == 0 ? c0.data_ptr<T>() : c_next.data();
@@ -416,11 +449,11 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
       for (int64_t b = 0; b < B; ++b) {
         const int64_t kb = k * B + b, row = kb * U;
         const bool on = active[kb];
-        mask_t[kb] = on;
         for (int64_t u = 0; u < U; ++u) {
           hmix[row + u] = on ? h_cell[row + u] : hin[row + u];
           c_next[row + u] = on ? c_new[row + u] : cin[row + u];
         }
+        if (save) save_cell_slopes(kb, on ? T(1) : T(0));
       }
       if (s.comm)
         gemm<T>(hmix + k * B * U, B, w_qkv, k, nullptr, 0, qkv_t + k * B * QKV);
@@ -432,8 +465,9 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
     // Communication: unit i's query over every unit's key and value, then its gated residual.
     T* att = attention.data_ptr<T>() + at_t * K * K * B * Hc;
     T* rd = read.data_ptr<T>() + at_t * KB * Hv;
-    T* sig_t = sig.data_ptr<T>() + at_t * KBU;
-    T* tanh_u_t = tanh_u.data_ptr<T>() + at_t * KBU;
+    T* sig_t = sig.data();
+    T* tanh_u_t = tanh_u.data();
+    T* out_sl = save ? out_slopes.data_ptr<T>() + t * KB * 2 * U : nullptr;
     each_unit(K, [&](int64_t i) {
       T* sc = scores.data() + i * K;
       for (int64_t b = 0; b < B; ++b)
@@ -466,6 +500,16 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
         tanh_n<T>(tanh_u_t + row, upd + b * 2 * U, U);
         const bool on = active[i * B + b];
         for (int64_t u = 0; u < U; ++u) out_t[row + u] = hmix[row + u] + (on ? sig_t[row + u] * tanh_u_t[row + u] : T(0));
+        if (save) {
+          // d (update, gate) of d h_next through mask * sigmoid(gate) * tanh(update)
+          const T m = on ? T(1) : T(0);
+          T* sl = out_sl + (i * B + b) * 2 * U;
+          for (int64_t u = 0; u < U; ++u) {
+            const T sg = sig_t[row + u], tu = tanh_u_t[row + u];
+            sl[u] = sg * (T(1) - tu * tu) * m;
+            sl[U + u] = tu * sg * (T(1) - sg) * m;
+          }
+        }
       }
     });
   }
@@ -474,9 +518,9 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
   std::copy(c_next.begin(), c_next.end(), c_last.data_ptr<T>());
   std::vector<Tensor> result{outputs, outputs[steps - 1].clone(), c_last};
   if (save) {
-    result.insert(result.end(), {h_in, c_in, q.view({steps, K, B, H, dk}), p, readout, s.select ? mask : Tensor(),
-                                 act, g, tanh_c, h_mix});
-    if (s.comm) result.insert(result.end(), {qkv, attention, read, sig, tanh_u});
+    result.insert(result.end(), {h_in, q.view({steps, K, B, H, dk}), p, readout, h_mix, mask, unmask, forget,
+                                 cell_to_c, slopes, p_slope});
+    if (s.comm) result.insert(result.end(), {qkv, attention, read, out_slopes});
   }
   return result;
 }
