@@ -287,7 +287,7 @@ Sizes sizes(const Tensor& keys, const Tensor& h0, const Tensor& hidden_weight, i
 // backward passes its transpose, (K, G, H dv)).
 void check_input_side(const Tensor& values, const Tensor& weight_ih, bool transposed, Sizes& s) {
   s.HV = values.size(1);
-  const int64_t rows = transposed ? weight_ih.size(2) : weight_ih.size(1), cols = transposed ? weight_ih.size(1) : weight_ih.size(2);
+  const int64_t rows = weight_ih.size(transposed ? 2 : 1), cols = weight_ih.size(transposed ? 1 : 2);
   TORCH_CHECK(values.dim() == 2 && values.size(0) >= s.T * s.B && s.HV % s.H == 0 && weight_ih.dim() == 3 &&
                   weight_ih.size(0) == s.K && rows == s.HV && cols == s.G,
               "rims_loop: values must be (rows >= T B, H dv) and weight_ih (K, H dv, 4U)");
@@ -295,9 +295,9 @@ void check_input_side(const Tensor& values, const Tensor& weight_ih, bool transp
 
 template <typename scalar_t>
 std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const Tensor& weight_ih, const Tensor& h0,
-                                 const Tensor& c0, const Tensor& hidden_weight, const Tensor& hidden_bias, const Tensor& qkv_weight,
-                                 const Tensor& out_weight, const Tensor& out_bias, const Tensor& keep,
-                                 const std::vector<bool>& reset, const Sizes& s, bool save) {
+                                 const Tensor& c0, const Tensor& hidden_weight, const Tensor& hidden_bias,
+                                 const Tensor& qkv_weight, const Tensor& out_weight, const Tensor& out_bias,
+                                 const Tensor& keep, const std::vector<bool>& reset, const Sizes& s, bool save) {
   using T = scalar_t;
   const int64_t steps = s.T, B = s.B, K = s.K, U = s.U, G = s.G, H = s.H, dk = s.dk, NP = s.NP;
   const int64_t HV = s.HV, dv = s.HV / s.H;
@@ -348,9 +348,8 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
   T* out_all = outputs.data_ptr<T>();
 
   // Step t's local derivatives of row kb (unit-major k * B + b) whose active flag is m.
-  int64_t t_saved = 0;
-  auto save_cell_slopes = [&](int64_t kb, T m) {
-    const int64_t at = t_saved * KB + kb, row = kb * U;
+  auto save_cell_slopes = [&](int64_t t, int64_t kb, T m) {
+    const int64_t at = t * KB + kb, row = kb * U;
     mask.data_ptr<T>()[at] = m;
     unmask.data_ptr<T>()[at] = T(1) - m;
     const T* a = act.data() + kb * G;  // i, f, (unused), o
@@ -373,7 +372,6 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
 
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t at_t = save ? t : 0;
-    t_saved = t;
     T* hin = h_in.data_ptr<T>() + at_t * KBU;
     T* cin = c_in.data();
     T* q_t = q.data_ptr<T>() + at_t * KB * H * dk;
@@ -453,7 +451,7 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
           hmix[row + u] = on ? h_cell[row + u] : hin[row + u];
           c_next[row + u] = on ? c_new[row + u] : cin[row + u];
         }
-        if (save) save_cell_slopes(kb, on ? T(1) : T(0));
+        if (save) save_cell_slopes(t, kb, on ? T(1) : T(0));
       }
       if (s.comm)
         gemm<T>(hmix + k * B * U, B, w_qkv, k, nullptr, 0, qkv_t + k * B * QKV);
@@ -527,11 +525,12 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
 
 template <typename scalar_t>
 std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outputs, const Tensor& keys,
-                                  const Tensor& values, const Tensor& weight_ih_t, const Tensor& mask, const Tensor& unmask, const Tensor& forget,
-                                  const Tensor& cell_to_c, const Tensor& pre, const Tensor& p, const Tensor& out,
-                                  const Tensor& qkv, const Tensor& attention, const Tensor& hidden_weight_t,
-                                  const Tensor& qkv_weight_t, const Tensor& out_weight_t, const Tensor& keep,
-                                  const std::vector<bool>& reset, const Sizes& s) {
+                                  const Tensor& values, const Tensor& weight_ih_t, const Tensor& mask,
+                                  const Tensor& unmask, const Tensor& forget, const Tensor& cell_to_c,
+                                  const Tensor& pre, const Tensor& p_slope, const Tensor& out, const Tensor& qkv,
+                                  const Tensor& attention, const Tensor& hidden_weight_t, const Tensor& qkv_weight_t,
+                                  const Tensor& out_weight_t, const Tensor& keep, const std::vector<bool>& reset,
+                                  const Sizes& s) {
   using T = scalar_t;
   const int64_t steps = s.T, B = s.B, K = s.K, U = s.U, G = s.G, H = s.H, dk = s.dk, NP = s.NP;
   const int64_t HV = s.HV, dv = s.HV / s.H;
@@ -558,7 +557,7 @@ std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outpu
   const T* forget_p = forget.data_ptr<T>();
   const T* cell_p = cell_to_c.data_ptr<T>();
   const T* pre_p = pre.data_ptr<T>();
-  const T* p_p = p.data_ptr<T>();
+  const T* p_slope_p = p_slope.data_ptr<T>();
   T* dhp = dh.data_ptr<T>();
   T* dcp = dc.data_ptr<T>();
 
@@ -652,7 +651,7 @@ std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outpu
       for (int64_t b = 0; b < B; ++b) {
         const int64_t kb = j * B + b;
         T* dp = dproj_t + kb * NP;
-        const T* slope = p_p + (t * KB + kb) * H;
+        const T* slope = p_slope_p + (t * KB + kb) * H;
         for (int64_t h = 0; h < H; ++h) {
           const T d_score = dot(dread_t + kb * HV + h * dv, values_p + (t * B + b) * HV + h * dv, dv) * slope[h];
           dsc[kb * H + h] = d_score;
@@ -695,10 +694,11 @@ void check_contiguous(std::initializer_list<const Tensor*> tensors) {
 }
 
 std::vector<Tensor> forward_loop(const Tensor& keys, const Tensor& values, const Tensor& weight_ih, const Tensor& h0,
-                                 const Tensor& c0, const Tensor& hidden_weight, const Tensor& hidden_bias, const Tensor& qkv_weight,
-                                 const Tensor& out_weight, const Tensor& out_bias, const Tensor& keep,
-                                 std::vector<int64_t> reset_steps, int64_t k_active, int64_t comm_heads,
-                                 int64_t comm_key, int64_t comm_value, bool communication, bool save) {
+                                 const Tensor& c0, const Tensor& hidden_weight, const Tensor& hidden_bias,
+                                 const Tensor& qkv_weight, const Tensor& out_weight, const Tensor& out_bias,
+                                 const Tensor& keep, std::vector<int64_t> reset_steps, int64_t k_active,
+                                 int64_t comm_heads, int64_t comm_key, int64_t comm_value, bool communication,
+                                 bool save) {
   check_contiguous({&keys, &values, &h0, &c0, &hidden_bias, &out_bias, &keep});
   Sizes s = sizes(keys, h0, hidden_weight, k_active, comm_heads, comm_key, comm_value, communication);
   check_input_side(values, weight_ih, false, s);
@@ -712,23 +712,24 @@ std::vector<Tensor> forward_loop(const Tensor& keys, const Tensor& values, const
 }
 
 std::vector<Tensor> backward_loop(const Tensor& dh, const Tensor& dc, const Tensor& grad_outputs, const Tensor& keys,
-                                  const Tensor& values, const Tensor& weight_ih_t, const Tensor& mask, const Tensor& unmask,
-                                  const Tensor& forget, const Tensor& cell_to_c, const Tensor& pre, const Tensor& p,
-                                  const Tensor& out, const Tensor& qkv, const Tensor& attention,
-                                  const Tensor& hidden_weight_t, const Tensor& qkv_weight_t,
+                                  const Tensor& values, const Tensor& weight_ih_t, const Tensor& mask,
+                                  const Tensor& unmask, const Tensor& forget, const Tensor& cell_to_c,
+                                  const Tensor& pre, const Tensor& p_slope, const Tensor& out, const Tensor& qkv,
+                                  const Tensor& attention, const Tensor& hidden_weight_t, const Tensor& qkv_weight_t,
                                   const Tensor& out_weight_t, const Tensor& keep, std::vector<int64_t> reset_steps,
                                   int64_t comm_heads, int64_t comm_key, int64_t comm_value, bool communication) {
-  check_contiguous({&dh, &dc, &grad_outputs, &keys, &values, &mask, &unmask, &forget, &cell_to_c, &pre, &p, &out, &qkv,
-                    &attention, &keep});
+  check_contiguous({&dh, &dc, &grad_outputs, &keys, &values, &mask, &unmask, &forget, &cell_to_c, &pre, &p_slope,
+                    &out, &qkv, &attention, &keep});
   // hidden_weight_t is (K, NP, U): the sizes come from its transpose.
-  Sizes s = sizes(keys, dh, hidden_weight_t.transpose(1, 2), dh.size(0), comm_heads, comm_key, comm_value, communication);
+  Sizes s =
+      sizes(keys, dh, hidden_weight_t.transpose(1, 2), dh.size(0), comm_heads, comm_key, comm_value, communication);
   check_input_side(values, weight_ih_t, true, s);
   const std::vector<bool> reset = reset_flags(reset_steps, s.T);
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rims_backward_loop", [&] {
-    result = backward_impl<scalar_t>(dh.clone(), dc.clone(), grad_outputs, keys, values, weight_ih_t, mask, unmask, forget,
-                                     cell_to_c, pre, p, out, qkv, attention, hidden_weight_t, qkv_weight_t,
-                                     out_weight_t, keep, reset, s);
+    result = backward_impl<scalar_t>(dh.clone(), dc.clone(), grad_outputs, keys, values, weight_ih_t, mask, unmask,
+                                     forget, cell_to_c, pre, p_slope, out, qkv, attention, hidden_weight_t,
+                                     qkv_weight_t, out_weight_t, keep, reset, s);
   });
   return result;
 }
