@@ -139,7 +139,7 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         255`` allocates a second float batch, and oneDNN would convert its layout forward and again
         backward (Nature CNN on 256 frames: about 15 of 105 ms per minibatch on this project's CPU).
         Same numbers: the same division, in float32."""
-        if self._byte_images and isinstance(obs, torch.Tensor) and obs.dtype == torch.uint8 and obs.dim() == 4:
+        if self._byte_images and obs.dtype == torch.uint8 and obs.dim() == 4:
             return extractor(obs.float().div_(255.0).contiguous(memory_format=torch.channels_last))
         return super(ActorCriticPolicy, self).extract_features(obs, extractor)
 

@@ -149,6 +149,11 @@ def _or_empty(tensor: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(0) if tensor is None else tensor.contiguous()
 
 
+def _per_step(values: Tensor, steps: int, batch: int) -> tuple[Tensor, ...]:
+    """The padded values ``(rows, H * dv)`` as one ``(B, H * dv)`` view per step."""
+    return values[: steps * batch].view(steps, batch, -1).unbind(0)
+
+
 # The local derivatives of _factors, and the compiled forward's saved tensors: it forms those
 # derivatives itself, where the Python loop keeps the gate values for _factors.
 _FACTORS = ("mask", "unmask", "f", "cell_to_c", "pre", "p_slope", "out")
@@ -188,8 +193,9 @@ def run_loop(spec: LoopSpec, tensors: tuple[Tensor, ...], reset_steps: set[int],
         return outputs, h, c, stacked
     outputs, steps_saved = [], []
     # Per-step views made in one call each rather than one indexing op per step.
-    values_t = values[: keys.shape[0] * spec.batch].view(keys.shape[0], spec.batch, -1).unbind(0)
-    for t, (keys_t, step_values) in enumerate(zip(keys.unbind(0), values_t, strict=True)):
+    for t, (keys_t, step_values) in enumerate(
+        zip(keys.unbind(0), _per_step(values, keys.shape[0], spec.batch), strict=True)
+    ):
         if t in reset_steps:
             h, c = h * keep[t], c * keep[t]
         entering = h
@@ -243,7 +249,7 @@ def _backward_loop(spec: LoopSpec, dh, dc, grad_outputs, keys, values, saved, fa
     per_step = {name: value.unbind(0) for name, value in per_step.items()}
     steps = keys.shape[0]
     keys_t, grad_outputs_t = keys.unbind(0), grad_outputs.unbind(0)
-    values_t = values[: steps * spec.batch].view(steps, spec.batch, -1).unbind(0)
+    values_t = _per_step(values, steps, spec.batch)
     output_gate = torch.arange(4, device=keys.device).eq(3).view(1, 1, 4, 1)
     step_grads = []
     for t in reversed(range(steps)):
