@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 
@@ -10,6 +11,8 @@ import pytest
 import torch
 from rims_rl.agents.imitation import (
     STAGES,
+    CheetahPolicy,
+    _load_policy,
     _stack_index,
     collect,
     load_dataset,
@@ -172,6 +175,32 @@ def test_bc_learns_checkpoints_and_resumes(pipeline):
         torch.testing.assert_close(resumed["policy"][key], value, rtol=0, atol=0)
 
 
+def test_bc_lowers_the_imitation_loss(pipeline):
+    """Behaviour cloning moves the policy towards the expert: its loss on the demonstrations falls
+    below that of the same policy before training (same seed, so the same initial weights)."""
+    config, out = pipeline
+    config = copy.deepcopy(config)
+    config["bc"]["epochs"] = 12
+    config["bc"]["models"] = {"probe": {"core": "lstm", "hidden_size": 32}}
+    train_bc(config, out, "probe", log=quiet)
+    trained = _load_policy(config, out, "probe")
+    torch.manual_seed(config["run"]["seed"])
+    env = config["env"]
+    untrained = CheetahPolicy(
+        3 * env["frame_stack"], env["size"], 6, config["bc"]["models"]["probe"], config["bc"]["features"]
+    )
+    data, _ = load_dataset(out)
+    stacks = torch.as_tensor(_stack_index(data["episode_starts"], env["frame_stack"]))
+    steps = torch.arange(32)[:, None] + torch.tensor([0, 40])[None, :]  # the first 32 steps of both episodes
+    frames = torch.as_tensor(data["frames"])[stacks[steps]].flatten(2, 3)
+    actions = torch.as_tensor(data["actions"])[steps]
+    with torch.no_grad():
+        losses = [
+            torch.nn.functional.mse_loss(policy.eval()(frames)[0], actions).item() for policy in (untrained, trained)
+        ]
+    assert losses[1] < 0.8 * losses[0], losses
+
+
 def test_pipeline_end_to_end_through_the_cli(tmp_path):
     args = ["imitation", "run", "--out", str(tmp_path)]
     for item in TINY:
@@ -182,6 +211,10 @@ def test_pipeline_end_to_end_through_the_cli(tmp_path):
     for name in ("rims_k3", "rims_k6", "lstm"):
         assert f"| {name} |" in table
     assert "noise 0.1" in table
+    # The same episode seeds with and without joint noise: the noise changes every model's returns.
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    for name, row in results.items():
+        assert row["noise 0.1"]["returns"] != row["no noise"]["returns"], name
     again = cli(*args, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done already") == 1 + 1 + 3
     assert set(STAGES) == {"expert", "collect", "bc", "evaluate"}

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from rims_rl.agents.evaluate import evaluate_run
 from rims_rl.envs import make_env
 from rims_rl.envs.minigrid import (
     VOCABULARY,
     MissionIds,
+    PickupDistractorsEnv,
     encode_mission,
     make_pickup_env,
     pickup_defaults,
@@ -181,7 +183,7 @@ TINY = [
 
 
 @pytest.mark.parametrize(("policy", "algo"), [("rims", "ppo"), ("lstm", "a2c")])
-def test_train_then_evaluate_both_splits_and_visualize(policy, algo, tmp_path):
+def test_train_then_evaluate_both_splits_and_visualize(policy, algo, tmp_path, monkeypatch):
     args = ["--policy", policy, "--algo", algo, "--total-steps", "128", "--out", str(tmp_path)]
     result = cli("train", *TINY, *args)
     assert result.returncode == 0, result.stderr
@@ -190,6 +192,19 @@ def test_train_then_evaluate_both_splits_and_visualize(policy, algo, tmp_path):
         result = cli("evaluate", str(run), "--episodes", "6", "--distractors", split)
         assert result.returncode == 0, result.stderr
         assert f"({split} distractors)" in result.stdout and "success rate" in result.stdout
+    # The episodes played are those of the split asked for: novel objects in every novel episode only.
+    placed = {"known": [], "novel": []}
+    generate = PickupDistractorsEnv._gen_grid
+    for split in placed:
+
+        def recording(self, width, height, split=split):
+            generate(self, width, height)
+            placed[split].append(set(self.distractors))
+
+        monkeypatch.setattr(PickupDistractorsEnv, "_gen_grid", recording)
+        evaluate_run(run, episodes=4, distractors=split)
+    assert len(placed["novel"]) >= 4 and all(objects & NOVEL_ONLY for objects in placed["novel"])
+    assert placed["known"] and not any(objects & NOVEL_ONLY for objects in placed["known"])
     result = cli("visualize", str(run), "--distractors", "novel")
     assert result.returncode == 0, result.stderr
     assert (run / "visualize" / "episode.gif").stat().st_size > 0

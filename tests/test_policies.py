@@ -10,6 +10,7 @@ import pytest
 import torch
 from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.env_util import make_vec_env
 
 from rims_rl.cores import LSTMCore
@@ -141,6 +142,43 @@ def test_training_path_reproduces_collection(policy, critic_core):
         torch.testing.assert_close(values.flatten()[mask], batch.old_values[mask], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("policy", ["rims", "lstm"])
+@pytest.mark.parametrize("critic_core", ["shared", "separate"])
+def test_a_reset_inside_a_sequence_restarts_the_state_as_acting_does(policy, critic_core):
+    """Whole sequences in one call with episode starts in their middle (a user's own sequences, or a
+    buffer that does not split at episode starts) give, at every step, the log-probabilities, values
+    and final states of acting one step at a time with the state zeroed at those starts."""
+    model = ppo(policy, critic_core)
+    p = model.policy
+    torch.manual_seed(0)
+    n_seq, steps = 3, 12
+    obs = torch.randn(n_seq, steps, 4)
+    actions = torch.randint(0, 2, (n_seq, steps))
+    starts = torch.zeros(n_seq, steps)
+    starts[0, 5] = starts[1, 0] = starts[1, 9] = starts[2, 11] = 1.0
+    width = p.lstm_actor.hidden_size
+
+    def random_state():
+        return (torch.randn(1, n_seq, width), torch.randn(1, n_seq, width))
+
+    initial = RNNStates(random_state(), random_state())
+    with torch.no_grad():
+        values, log_prob, _ = p.evaluate_actions(obs.flatten(0, 1), actions.flatten(), initial, starts.flatten())
+        state, stepped = initial, []
+        for t in range(steps):
+            distribution, _ = p.get_distribution(obs[:, t], state.pi, starts[:, t])
+            _, value, _, state = p.forward(obs[:, t], state, starts[:, t])
+            stepped.append((value.flatten(), distribution.log_prob(actions[:, t])))
+    step_values = torch.stack([v for v, _ in stepped], dim=1).flatten()
+    step_log_prob = torch.stack([lp for _, lp in stepped], dim=1).flatten()
+    torch.testing.assert_close(values.flatten(), step_values, rtol=0, atol=1e-5)
+    torch.testing.assert_close(log_prob, step_log_prob, rtol=0, atol=1e-5)
+    # The reset matters: without it the later steps differ.
+    with torch.no_grad():
+        carried, _, _ = p.evaluate_actions(obs.flatten(0, 1), actions.flatten(), initial, torch.zeros(n_seq * steps))
+    assert not torch.allclose(carried.view(n_seq, steps)[0, 5:], values.view(n_seq, steps)[0, 5:])
+
+
 @pytest.mark.parametrize("critic_core", ["shared", "separate"])
 def test_unpadded_minibatches_match_padded_ones(critic_core):
     """Our buffer sends only the real observations (the features extractor skips the sequence
@@ -209,20 +247,37 @@ def test_model_and_policy_save_load_give_identical_actions(policy, tmp_path):
         assert loaded_policy.lstm_actor.hidden_size == 32
 
 
+def discounted_returns(rewards, starts, last_values, last_dones, gamma):
+    """A2C's n-step returns of a rollout ``(steps, n_envs)``, from the rewards, the episode starts (the
+    step after a done), and the values that bootstrap the rollout's last step."""
+    returns = np.zeros_like(rewards, dtype=np.float64)
+    following = last_values * (1.0 - last_dones)
+    for t in reversed(range(rewards.shape[0])):
+        returns[t] = rewards[t] + gamma * following
+        following = returns[t] * (1.0 - starts[t])
+    return returns
+
+
 @pytest.mark.parametrize("policy", ["rims", "lstm"])
 def test_a2c_update_equals_hand_computed_a2c_step(policy):
     name, policy_kwargs = POLICIES[policy]
-    model = RecurrentA2C(name, cartpole(), policy_kwargs=policy_kwargs, n_steps=8, ent_coef=0.01, seed=0, device="cpu")
+    n_envs, steps = 3, 32
+    model = RecurrentA2C(
+        name, cartpole(), policy_kwargs=policy_kwargs, n_steps=steps, ent_coef=0.01, seed=0, device="cpu"
+    )
     assert isinstance(model.policy.optimizer, torch.optim.RMSprop)
     before = copy.deepcopy(model.policy)
     initial = [p.detach().clone() for p in model.policy.parameters()]
     optimizer = torch.optim.RMSprop(before.parameters(), lr=7e-4, alpha=0.99, eps=1e-5)
-    model.learn(8 * 3)  # one rollout, one update
+    model.learn(steps * n_envs)  # one rollout, one update
+    # An episode ends inside the rollout, so the returns are cut and restarted there.
+    assert model.rollout_buffer.episode_starts.reshape(3, steps)[:, 1:].any()
 
-    # A2C by hand on the same rollout: each environment's 8 steps as one sequence from its stored
-    # state, resets at episode starts, plain policy-gradient + value + entropy loss, RMSprop.
+    # A2C by hand on the same rollout: each environment's steps as one sequence from its stored
+    # state, resets at episode starts, n-step returns bootstrapped from the value of the state after the
+    # rollout (computed here, not read from the buffer under test), plain policy-gradient + value +
+    # entropy loss, RMSprop.
     buffer = model.rollout_buffer  # flattened env-major by the update
-    n_envs, steps = 3, 8
     obs = torch.as_tensor(buffer.observations).float()
     actions = torch.as_tensor(buffer.actions).long().flatten()
     starts = torch.as_tensor(buffer.episode_starts).float().flatten()
@@ -230,14 +285,26 @@ def test_a2c_update_equals_hand_computed_a2c_step(policy):
         torch.as_tensor(buffer.hidden_states_pi[::steps]).swapaxes(0, 1).contiguous(),
         torch.as_tensor(buffer.cell_states_pi[::steps]).swapaxes(0, 1).contiguous(),
     )
+    with torch.no_grad():
+        last_obs = torch.as_tensor(model._last_obs).float()
+        last_dones = torch.as_tensor(model._last_episode_starts).float()
+        last_values = before.predict_values(last_obs, model._last_lstm_states.vf, last_dones).flatten()
+    rewards = buffer.rewards  # (steps, n_envs): not flattened by the update
+    returns = discounted_returns(
+        rewards,
+        buffer.episode_starts.reshape(n_envs, steps).T,
+        last_values.numpy(),
+        last_dones.numpy(),
+        model.gamma,
+    )
+    returns = torch.as_tensor(returns.T.flatten(), dtype=torch.float32)  # env-major, as the buffer
     features = before.extract_features(obs)
     sequence = features.view(n_envs, steps, -1).swapaxes(0, 1)
     output, _ = before.lstm_actor(sequence, state, starts.view(n_envs, steps).swapaxes(0, 1))
     latent = output.swapaxes(0, 1).flatten(0, 1)
     distribution = before._get_action_dist_from_latent(before.mlp_extractor.forward_actor(latent))
     values = before.value_net(before.mlp_extractor.forward_critic(latent)).flatten()
-    advantages = torch.as_tensor(buffer.advantages).float().flatten()
-    returns = torch.as_tensor(buffer.returns).float().flatten()
+    advantages = returns - values.detach()
     loss = (
         -(advantages * distribution.log_prob(actions)).mean()
         - 0.01 * distribution.entropy().mean()

@@ -73,6 +73,43 @@ def test_matches_literal_reference(cell, rows, batch, variant):
     torch.testing.assert_close(details.input_attention, attention, rtol=1e-9, atol=1e-10)
 
 
+# The three ways a call can run: autograd through the per-step ops (what forward_with_details takes),
+# the fused loop in Python (RIMS_RL_NATIVE=0) and the compiled one. The fused loops cover one input
+# row, input attention, LSTM cells and no live dropout.
+PATHS = ["autograd", "python-loop", "compiled-loop"]
+
+
+def call(module: RIMs, x: torch.Tensor, state=None, *, path: str, monkeypatch):
+    """``output, (h, c)`` of ``module(x, state)`` through ``path``, checking that the path was taken."""
+    if path == "autograd":
+        output, state, _ = module.forward_with_details(x, state)
+        assert "FusedLoopBackward" not in _graph_names(output)
+        return output, state
+    monkeypatch.setenv("RIMS_RL_NATIVE", "1" if path == "compiled-loop" else "0")
+    compiled = native.loop()
+    assert (compiled is not None) == (path == "compiled-loop")
+    with torch.enable_grad():
+        output, state = module(x, state)
+    assert "FusedLoopBackward" in _graph_names(output)
+    return output, state
+
+
+@pytest.mark.parametrize("path", PATHS[1:])
+@pytest.mark.parametrize("batch", [3, 20], ids=["small-batch", "large-batch"])
+@pytest.mark.parametrize("variant", [{}, {"communication": False}, {"k_active": 5}])
+def test_fused_paths_match_literal_reference(path, batch, variant, monkeypatch):
+    """The fused loops compute the paper's step as the literal reference does: null row in the
+    softmax, selection (with the full tie of a zero state at the first step), cells, communication."""
+    torch.manual_seed(0)
+    module = small(**variant).double()
+    x = torch.randn(7, batch, module.input_size, dtype=torch.float64)
+    if batch > 16:  # the fused loops take small batches only
+        pytest.skip("the fused loop covers batches of up to 16")
+    output, _ = call(module, x, path=path, monkeypatch=monkeypatch)
+    expected, _, _ = reference_run(module, x)
+    torch.testing.assert_close(output, expected, rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("rows", [None, 3], ids=["one-row", "input-set"])
 def test_exactly_k_active_and_inactive_units_frozen_bit_for_bit(cell, rows):
@@ -130,6 +167,12 @@ def engineered(scores: list[list[float]], k_active: int) -> tuple[RIMs, torch.Te
     return module, x, (h, torch.zeros_like(h))
 
 
+def updated_units(module: RIMs, before: torch.Tensor, after: torch.Tensor) -> list[list[int]]:
+    """Per batch entry, the units whose h moved between two (1, B, K*unit) states."""
+    moved = (unit_slices(after, module) != unit_slices(before, module)).any(-1)
+    return [row.nonzero().flatten().tolist() for row in moved]
+
+
 def test_selection_uses_null_probability_averaged_over_heads_not_raw_scores():
     # Unit 0: scores (6, -1): mean score 2.5, mean null probability (0.0025 + 0.731) / 2 = 0.367.
     # Unit 1: scores (1, 1): mean score 1.0, mean null probability 0.269 -> the least null wins.
@@ -143,19 +186,33 @@ def test_selection_uses_null_probability_averaged_over_heads_not_raw_scores():
     torch.testing.assert_close(details.input_attention.sum(-1), torch.ones(1, 1, 2, 2))
 
 
-def test_selection_order_follows_known_scores():
-    strengths = [0.5, 3.0, -2.0, 2.0, 1.0, 0.0]  # higher score -> less null attention
-    module, x, state = engineered([[s, s] for s in strengths], k_active=3)
-    _, _, details = module.forward_with_details(x, state)
-    assert details.active[0, 0].nonzero().flatten().tolist() == [1, 3, 4]
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("scores", "k_active", "expected"),
+    [
+        ([[6.0, -1.0], [1.0, 1.0]], 1, [1]),  # head-averaged null probability, not the mean raw score
+        ([[s, s] for s in [0.5, 3.0, -2.0, 2.0, 1.0, 0.0]], 3, [1, 3, 4]),  # higher score: less null
+    ],
+    ids=["averaged-over-heads", "order"],
+)
+def test_every_path_activates_the_units_with_least_null_attention(scores, k_active, expected, path, monkeypatch):
+    """Selection seen from outside: exactly the chosen units' states move, the others keep theirs bit
+    for bit; on the autograd path and in both fused loops."""
+    module, x, state = engineered(scores, k_active=k_active)
+    _, (h, _) = call(module, x, state, path=path, monkeypatch=monkeypatch)
+    assert updated_units(module, state[0], h) == [expected]
 
 
-def test_ties_go_to_the_lowest_unit_indices():
+@pytest.mark.parametrize("path", PATHS)
+def test_ties_go_to_the_lowest_unit_indices(path, monkeypatch):
     # A zero state gives zero queries: every unit scores 0 against every row, a full tie.
     module = small(k_active=3)
     x = torch.randn(1, 4, module.input_size)
     _, _, details = module.forward_with_details(x)
     assert details.active[0].tolist() == [[True, True, True, False, False]] * 4
+    zero = torch.zeros(1, 4, module.hidden_size)
+    _, (h, _) = call(module, x, (zero, zero), path=path, monkeypatch=monkeypatch)
+    assert updated_units(module, zero, h) == [[0, 1, 2]] * 4
 
 
 def test_null_row_takes_part_in_the_softmax_of_an_input_set():
