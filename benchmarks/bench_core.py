@@ -3,7 +3,7 @@
 Each shape times RIMs (6 units x 100, k_active 4, dropout off as in the RL configs) and
 ``nn.LSTM(600)`` on the same input, alternating the two so that machine noise hits both alike, and
 prints the median times and their ratio. The last column is RIMs again with the compiled CPU time loop
-off (``RIMS_RL_NATIVE=0``, the Python loop of ``rims_rl/rims_loop.py``): what the compiled loop gives.
+off (``RIMS_RL_NATIVE=0``, the Python fused loop of ``rims_rl/loop.py``): what the compiled loop gives.
 
     python benchmarks/bench_core.py [--repeats N] [--device cpu|cuda] [--output docs/bench.md]
 """
@@ -23,13 +23,15 @@ from torch import nn
 from rims_rl import RIMs
 from rims_rl.utils import resolve_device
 
-# (name, T, B, input width, with backward)
+# (name, T, B, input width, with backward, RIMs dropout)
 SHAPES = [
-    ("training (T=128, B=2, in 512)", 128, 2, 512, True),
-    ("training (T=128, B=4, in 512)", 128, 4, 512, True),
-    ("acting (T=1, B=8, in 512)", 1, 8, 512, True),
-    ("acting, no grad (T=1, B=8, in 512)", 1, 8, 512, False),
-    ("copying task (T=71, B=64, in 10)", 71, 64, 10, True),
+    ("training (T=128, B=2, in 512)", 128, 2, 512, True, 0.0),
+    ("training (T=128, B=4, in 512)", 128, 4, 512, True, 0.0),
+    ("acting (T=1, B=8, in 512)", 1, 8, 512, True, 0.0),
+    ("acting, no grad (T=1, B=8, in 512)", 1, 8, 512, False, 0.0),
+    ("copying task (T=71, B=64, in 10)", 71, 64, 10, True, 0.0),
+    # The copying experiment's own setting: the paper's dropout, live in training (autograd loop).
+    ("copying task, dropout 0.1 (T=71, B=64, in 10)", 71, 64, 10, True, 0.1),
 ]
 
 
@@ -54,15 +56,18 @@ def _timer(
     return once
 
 
-def measure(steps: int, batch: int, width: int, backward: bool, repeats: int, device: torch.device) -> dict:
+def measure(
+    steps: int, batch: int, width: int, backward: bool, dropout: float, repeats: int, device: torch.device
+) -> dict:
     torch.manual_seed(0)
     x = torch.randn(steps, batch, width, device=device)
+    drop = {"input_dropout": dropout, "comm_dropout": dropout}
     models = {
         "lstm": nn.LSTM(width, 600).to(device),
-        # Dropout off, as in the RL configs: training then takes the fused time loop of
-        # rims_rl/rims_loop.py for batches up to 16 (live dropout runs the per-step autograd path).
-        "rims": RIMs(width, 100, 6, 4, input_dropout=0.0, comm_dropout=0.0).to(device),
-        "rims_no_comm": RIMs(width, 100, 6, 4, input_dropout=0.0, comm_dropout=0.0, communication=False).to(device),
+        # Dropout off, as in the RL configs, takes the fused time loop of rims_rl/loop.py; live dropout
+        # (modules train by default) the per-step autograd loop.
+        "rims": RIMs(width, 100, 6, 4, **drop).to(device),
+        "rims_no_comm": RIMs(width, 100, 6, 4, **drop, communication=False).to(device),
     }
     timers = {name: _timer(model, x, backward, device) for name, model in models.items()}
     timers["rims_python_loop"] = _timer(models["rims"], x, backward, device, native=False)
@@ -95,8 +100,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
-    for name, steps, batch, width, backward in SHAPES:
-        times = measure(steps, batch, width, backward, args.repeats, device)
+    for name, steps, batch, width, backward, dropout in SHAPES:
+        times = measure(steps, batch, width, backward, dropout, args.repeats, device)
         lstm, rims, no_comm = times["lstm"], times["rims"], times["rims_no_comm"]
         python_loop = times["rims_python_loop"]
         kind = "fwd+bwd" if backward else "fwd"

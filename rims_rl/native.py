@@ -1,6 +1,6 @@
 """The compiled RIMs time loop (``csrc/rims_loop.cpp``): built once, the Python loop where it cannot be.
 
-The fused loop of :mod:`rims_rl.rims_loop` runs about thirty small ops per step in each direction; on a
+The fused loop of :mod:`rims_rl.loop` runs about thirty small ops per step in each direction; on a
 CPU at recurrent PPO's minibatch shapes their dispatch, not arithmetic, is much of the cost. The C++
 version runs each step as plain loops and its own small matmul kernel (AVX2 where the CPU has it), the
 units split across threads.

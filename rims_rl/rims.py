@@ -1,6 +1,8 @@
 """Recurrent Independent Mechanisms (Goyal et al., ICLR 2021, Section 2) as one batched torch module.
 
-Pure torch: nothing here knows about SB3 or gymnasium.
+The step itself is :func:`rims_rl.step.rims_step`; the time loops that run it are in :mod:`rims_rl.loop`.
+This module holds the parameters, their initialisation and layout, and chooses the loop from the
+configuration. Pure torch: nothing here knows about SB3 or gymnasium.
 """
 
 from __future__ import annotations
@@ -10,13 +12,11 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from rims_rl import rims_loop
+from rims_rl.loop import autograd_loop, fused_loop
+from rims_rl.step import CELL_GATES, StepSpec, StepWeights
 
 __all__ = ["RIMs", "RIMsDetails"]
-
-_CELL_GATES = {"lstm": 4, "gru": 3}
 
 
 class RIMsDetails(NamedTuple):
@@ -39,111 +39,12 @@ class RIMsDetails(NamedTuple):
 _MIN_ROWS = 16
 
 
-# Largest batch for which the one-row input path precomputes the cells' input projections.
-_PRECOMPUTE_MAX_BATCH = 16
-
-# Largest batch for which weight gradients are deferred to one matmul per call (see _SharedWeight);
-# with more rows, each step's weight gradient is an efficient matmul of its own.
-_DEFER_MAX_BATCH = 16
-
-
-def _pad_rows(flat: Tensor) -> Tensor:
-    """Zero-pad a (rows, features) matrix to at least ``_MIN_ROWS`` rows."""
-    if flat.shape[0] >= _MIN_ROWS:
-        return flat
-    return torch.cat([flat, flat.new_zeros(_MIN_ROWS - flat.shape[0], flat.shape[1])])
-
-
 def _project(flat: Tensor, weight: Tensor) -> Tensor:
-    """``flat @ weight`` with the row padding that keeps results independent of the row count."""
-    return (_pad_rows(flat) @ weight)[: flat.shape[0]]
-
-
-def _value_gates(values: Tensor, weight_ih: Tensor, heads: int, steps: int, batch: int) -> Tensor:
-    """Each head's share of the cells' input projection, ``(heads, T, B, K, G)``, from the padded
-    values ``(rows, heads * value)``, for all steps in one bmm: (heads, rows, value) x
-    (heads, value, K * G). Under eager autograd this spares each step a product with ``weight_ih``
-    and its weight gradient; for small batches only, where the per-step tensors stay small."""
-    units, value = weight_ih.shape[0], values.shape[-1] // heads
-    per_head = weight_ih.view(units, heads, value, -1).permute(1, 2, 0, 3).flatten(2)
-    gates = torch.bmm(values.view(-1, heads, value).transpose(0, 1), per_head)
-    return gates[:, : steps * batch].view(heads, steps, batch, units, -1)
-
-
-class _Stash:
-    """Inputs and output gradients of one weight's per-step products, gathered during one backward."""
-
-    def __init__(self) -> None:
-        self.inputs: list[Tensor] = []
-        self.grads: list[Tensor] = []
-
-
-class _SharedWeight(torch.autograd.Function):
-    """Identity on ``(weight, bias)`` whose backward computes their gradients from every step at once.
-
-    The time loop uses a weight at every step. Plain autograd would form a full-size weight gradient
-    per step from a few batch rows (an outer product: memory-bound) and add it up; instead, each
-    step's product only records its input and output gradient, and this node, which autograd runs
-    after all of them, does one batched matmul over all steps.
-    """
-
-    @staticmethod
-    def forward(ctx, stash: _Stash, weight: Tensor, bias: Tensor):
-        ctx.stash = stash
-        return weight.view_as(weight), bias.view_as(bias)
-
-    @staticmethod
-    def backward(ctx, grad_weight: Tensor, grad_bias: Tensor):
-        stash = ctx.stash
-        if stash.inputs:
-            inputs, grads = torch.cat(stash.inputs, dim=1), torch.cat(stash.grads, dim=1)
-            stash.inputs, stash.grads = [], []
-            grad_weight = torch.baddbmm(grad_weight, inputs.transpose(1, 2), grads)
-            grad_bias = grad_bias + grads.sum(1, keepdim=True)
-        return None, grad_weight, grad_bias
-
-
-class _StepProduct(torch.autograd.Function):
-    """``bias + x @ weight`` for one step, leaving the weight and bias gradients to :class:`_SharedWeight`."""
-
-    @staticmethod
-    def forward(ctx, stash: _Stash, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        ctx.stash = stash
-        ctx.save_for_backward(x, weight)
-        return torch.baddbmm(bias, x, weight)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        ctx.stash.inputs.append(x)
-        ctx.stash.grads.append(grad)
-        grad_x = torch.bmm(grad, weight.transpose(1, 2)) if ctx.needs_input_grad[1] else None
-        return None, grad_x, None, None
-
-
-class _Product:
-    """Per-step ``bias + x @ weight`` with unit-major ``x (K, B, in)``, ``weight (K, in, out)``,
-    ``bias (K, 1, out)``. With ``defer`` and under autograd, the weight and bias gradients are
-    computed once per call (see :class:`_SharedWeight`); the values are those of ``torch.baddbmm``.
-    """
-
-    def __init__(self, weight: Tensor, bias: Tensor | None = None, defer: bool = True) -> None:
-        if bias is None:
-            bias = weight.new_zeros(weight.shape[0], 1, weight.shape[-1])
-        self.stash = None
-        if defer and torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad):
-            self.stash = _Stash()
-            weight, bias = _SharedWeight.apply(self.stash, weight, bias)
-        self.weight, self.bias = weight, bias
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if self.stash is None:
-            return torch.baddbmm(self.bias, x, self.weight)
-        return _StepProduct.apply(self.stash, x, self.weight, self.bias)
-
-
-def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    return F.dropout(x, p, True) if training and p > 0 else x
+    """``flat (rows, n) @ weight``, rows zero-padded to at least ``_MIN_ROWS`` for the kernel choice."""
+    rows = flat.shape[0]
+    if rows < _MIN_ROWS:
+        flat = torch.cat([flat, flat.new_zeros(_MIN_ROWS - rows, flat.shape[1])])
+    return (flat @ weight)[:rows]
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -254,8 +155,8 @@ class RIMs(nn.Module):
             _check_positive_int(name, value)
         if isinstance(k_active, bool) or not isinstance(k_active, int) or not 1 <= k_active <= num_units:
             raise ValueError(f"k_active must be an integer in [1, num_units={num_units}], got {k_active!r}")
-        if cell not in _CELL_GATES:
-            raise ValueError(f"cell must be one of {sorted(_CELL_GATES)}, got {cell!r}")
+        if cell not in CELL_GATES:
+            raise ValueError(f"cell must be one of {sorted(CELL_GATES)}, got {cell!r}")
         _check_probability("input_dropout", input_dropout)
         _check_probability("comm_dropout", comm_dropout)
 
@@ -279,7 +180,7 @@ class RIMs(nn.Module):
         self.num_layers = 1
 
         factory = {"device": device, "dtype": dtype}
-        units, gates = num_units, _CELL_GATES[cell] * unit_size
+        units, gates = num_units, CELL_GATES[cell] * unit_size
         cell_input = input_heads * input_value_size if input_attention else input_size
         if input_attention:
             self.input_key = nn.Parameter(torch.empty(input_size, input_heads * input_key_size, **factory))
@@ -374,169 +275,116 @@ class RIMs(nn.Module):
                 f"episode_starts must have shape (T, B)={tuple(x.shape[:2])}, got {tuple(episode_starts.shape)}"
             )
 
+    def _spec(self) -> StepSpec:
+        return StepSpec(
+            units=self.num_units,
+            unit_size=self.unit_size,
+            k_active=self.k_active,
+            cell=self.cell,
+            input_attention=self.input_attention,
+            input_heads=self.input_heads,
+            input_key_size=self.input_key_size,
+            communication=self.communication,
+            comm_heads=self.comm_heads,
+            comm_key_size=self.comm_key_size,
+            comm_value_size=self.comm_value_size,
+        )
+
+    def _live_dropout(self) -> tuple[float, float]:
+        """The (input, communication) dropout probabilities that act in this call."""
+        if not self.training:
+            return 0.0, 0.0
+        return (self.input_dropout if self.input_attention else 0.0), (self.comm_dropout if self.communication else 0.0)
+
     def _run(self, x: Tensor, state, episode_starts, record: bool):
         self._check_inputs(x, state, episode_starts)
-        steps, batch = x.shape[:2]
+        batch = x.shape[1]
         units, size = self.num_units, self.unit_size
         if state is None:
             state = self.initial_state(batch, x.device, x.dtype)
         # Unit-major layout (K, B, unit_size) so every per-unit projection is one bmm.
         h = state[0].reshape(batch, units, size).transpose(0, 1)
         c = state[1].reshape(batch, units, size).transpose(0, 1)
-        keep, reset_steps = None, ()
-        if episode_starts is not None:
-            keep = (1.0 - episode_starts.to(x.dtype)).unsqueeze(-1)  # (T, B, 1); indexed only at reset steps
-            # Multiplying by a mask of ones would only cost time (in training, resets fall on step 0).
-            reset_steps = set(episode_starts.ne(0).any(1).nonzero().flatten().tolist())
-
-        gates = self.weight_hh.shape[-1]
-        # The cell's hidden-side projection and the input queries both read h_{t-1}: one bmm.
-        hidden_weight = self.weight_hh
-        hidden_bias = self.bias_hh + self.bias_ih if self.cell == "lstm" else self.bias_hh
-        if self.input_attention:
-            hidden_weight = torch.cat([self.weight_hh, self.input_query], dim=-1)
-            query_bias = hidden_bias.new_zeros(units, self.input_query.shape[-1])
-            hidden_bias = torch.cat([hidden_bias, query_bias], dim=-1)
-        if not record and self._fusable(x):
-            return self._run_fused(x, h, c, reset_steps, keep, hidden_weight, hidden_bias.unsqueeze(1))
-
-        read_input = self._input_reader(x, record)
-        defer = batch <= _DEFER_MAX_BATCH
-        project_hidden = _Product(hidden_weight, hidden_bias.unsqueeze(1), defer)
-        communicate = self._communicator(defer) if self.communication else None
-
-        outputs, actives, attentions = [], [], []
-        for t in range(steps):
-            if t in reset_steps:
-                h, c = h * keep[t], c * keep[t]
-            projected = project_hidden(h)
-            input_gates, p_null, attention = read_input(t, projected[..., gates:])
-            active = self._select(p_null)
-            h_cell, c_cell = self._cell_step(input_gates, projected[..., :gates], h, c)
-            if active is None:
-                h_mix, c = h_cell, c_cell
-            else:
-                mask = active.unsqueeze(-1)
-                h_mix, c = torch.where(mask, h_cell, h), torch.where(mask, c_cell, c)
-            if self.communication:
-                h_comm = h_mix + communicate(h_mix)
-                h = h_comm if active is None else torch.where(mask, h_comm, h)
-            else:
-                h = h_mix
-            outputs.append(h)
-            if record:
-                if active is None:
-                    active = torch.ones(units, batch, dtype=torch.bool, device=x.device)
-                actives.append(active)
-                attentions.append(attention)
-
-        output, final = self._lstm_layout(torch.stack(outputs), h, c)
+        keep = None if episode_starts is None else (1.0 - episode_starts.to(x.dtype)).unsqueeze(-1)
+        spec = self._spec()
+        keys, values, weight_ih = self._input_side(x)
+        weights = self._step_weights(weight_ih)
+        dropout = self._live_dropout()
+        one_row = x.dim() == 3 or x.shape[2] == 1
+        # The fused loop covers what RL runs: LSTM cells reading one input row through attention, no
+        # live dropout, any batch size. Everything else, and the per-step details, take autograd.
+        if not record and self.cell == "lstm" and self.input_attention and one_row and dropout == (0.0, 0.0):
+            outputs, h, c = fused_loop(spec, weights, keys, values, h, c, keep)
+            output, final = self._lstm_layout(outputs, h, c)
+            return output, final, None
+        outputs, h, c, infos = autograd_loop(spec, weights, keys, values, h, c, keep, dropout, details=record)
+        output, final = self._lstm_layout(outputs, h, c)
         details = None
         if record:
+            all_active = torch.ones(units, batch, dtype=torch.bool, device=x.device)
+            active = [all_active if info["active"] is None else info["active"] for info in infos]
             details = RIMsDetails(
-                active=torch.stack(actives).transpose(1, 2),
-                input_attention=torch.stack(attentions).transpose(1, 2),
+                active=torch.stack(active).transpose(1, 2),
+                input_attention=torch.stack([info["input_attention"] for info in infos]).transpose(1, 2),
             )
         return output, final, details
 
-    def _input_reader(self, x: Tensor, record: bool):
-        """Precompute the state-independent input side for all steps; return a per-step reader.
+    def _input_side(self, x: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+        """The state-independent part of every step, for all steps at once: the keys and values the step
+        reads (:class:`rims_rl.step.StepInputs`, stacked over steps), and the cells' input weights over
+        those values.
 
-        The reader maps ``(t, queries (K, B, heads * key))`` to ``(cell input gates (K, B, G),
-        null probability averaged over heads (K, B) or None, attention (K, B, heads, N + 1))``.
-        Precomputed tensors are unbound into per-step views once: indexing them per step would
-        make autograd scatter a full-size zero gradient at every step.
+        With one input row narrower than a head's value (``input_size < input_value_size``, as in the
+        copying task or CartPole), each unit reads the row itself, weighted per head by its attention,
+        through its ``weight_ih`` folded with the value projection: ``(p (x W_v)) W_ih = (p x) (W_v W_ih)``
+        per head. Same numbers up to rounding, and each step's read-out product shrinks from
+        ``H dv x G`` to ``H D x G`` per unit. The choice depends on the module's sizes alone.
         """
         steps, batch = x.shape[:2]
-        units, heads = self.num_units, self.input_heads
+        heads, key_size = self.input_heads, self.input_key_size
         rows = x if x.dim() == 4 else x.unsqueeze(2)
-
         if not self.input_attention:
-            # Ablation: each unit reads the (mean) input directly; its projection is state-free.
-            flat = _pad_rows(rows.mean(2).reshape(steps * batch, -1))
-            gates = torch.einsum("nd,kdg->nkg", flat, self.weight_ih)[: steps * batch]
-            gates = gates.view(steps, batch, units, -1).transpose(1, 2).unbind(0)
-            empty = x.new_zeros(units, batch, heads, 0)
-            return lambda t, queries: (gates[t], None, empty)
-
-        key_size, value_size = self.input_key_size, self.input_value_size
+            return None, rows.mean(2), self.weight_ih  # every unit reads the (mean) input directly
         scale = 1.0 / math.sqrt(key_size)
         if rows.shape[2] == 1:
-            keys, values = self._row_projections(x)
-            keys = keys.unbind(0)
-            value_gates = None
-            if batch <= _PRECOMPUTE_MAX_BATCH:
-                value_gates = _value_gates(values, self.weight_ih, heads, steps, batch).unbind(1)
-            else:
-                values = values[: steps * batch].view(steps, batch, heads, value_size).unbind(0)
-
-            def read_one(t: int, queries: Tensor):
-                scores = (queries.view(units, batch, heads, key_size) * keys[t]).sum(-1)
-                p_input = torch.sigmoid(scores)
-                weights = _dropout(p_input, self.input_dropout, self.training)
-                if value_gates is None:
-                    readout = (weights.unsqueeze(-1) * values[t]).view(units, batch, heads * value_size)
-                    input_gates = torch.bmm(readout, self.weight_ih)
-                else:
-                    input_gates = (weights.permute(2, 1, 0).unsqueeze(-1) * value_gates[t]).sum(0).transpose(0, 1)
-                attention = None
-                if record:
-                    attention = torch.stack([torch.sigmoid(-scores), p_input], dim=-1)
-                return input_gates, 1.0 - p_input.detach().mean(-1), attention
-
-            return read_one
-
+            flat = x.reshape(steps * batch, -1)
+            keys = _project(flat, self.input_key).mul(scale).view(steps, batch, heads, key_size)
+            if self.input_size < self.input_value_size:
+                units, width = self.num_units, self.input_size
+                per_head = self.input_value.view(width, heads, self.input_value_size)
+                cells = self.weight_ih.view(units, heads, self.input_value_size, -1)
+                folded = torch.einsum("dhv,khvg->khdg", per_head, cells).reshape(units, heads * width, -1)
+                values = x.reshape(steps, batch, 1, width).expand(steps, batch, heads, width)
+                return keys, values.reshape(steps, batch, heads * width), folded
+            return keys, _project(flat, self.input_value).view(steps, batch, -1), self.weight_ih
         # An input set: prepend the null row and project it like any other row.
         padded = torch.cat([rows.new_zeros(steps, batch, 1, rows.shape[-1]), rows], dim=2)
-        flat = padded.reshape(steps * batch * padded.shape[2], -1)
-        keys = _project(flat, self.input_key).view(steps, batch, -1, heads, key_size).unbind(0)
-        values = _project(flat, self.input_value).view(steps, batch, -1, heads, value_size).unbind(0)
+        flat = padded.reshape(-1, rows.shape[-1])
+        keys = _project(flat, self.input_key).mul(scale).view(steps, batch, -1, heads, key_size)
+        values = _project(flat, self.input_value).view(steps, batch, -1, heads, self.input_value_size)
+        return keys, values, self.weight_ih
 
-        def read_set(t: int, queries: Tensor):
-            scores = torch.einsum("kbhd,bnhd->kbhn", queries.view(units, batch, heads, key_size), keys[t])
-            attention = torch.softmax(scores * scale, dim=-1)
-            weights = _dropout(attention, self.input_dropout, self.training)
-            readout = torch.einsum("kbhn,bnhv->kbhv", weights, values[t]).reshape(units, batch, -1)
-            return torch.bmm(readout, self.weight_ih), attention.detach()[..., 0].mean(-1), attention
-
-        return read_set
-
-    def _row_projections(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys ``(T, B, heads, key)``, scaled by 1/sqrt(key), and values ``(rows, heads * value)``
-        (rows padded, see ``_pad_rows``) of a one-row input. Its softmax against the null row (score
-        exactly 0) is a sigmoid, and its keys and values do not depend on the state, so they are
-        computed before the loop."""
-        steps, batch = x.shape[:2]
-        flat = _pad_rows(x.reshape(steps * batch, -1))
-        keys = (flat @ self.input_key)[: steps * batch].mul(1.0 / math.sqrt(self.input_key_size))
-        return keys.view(steps, batch, self.input_heads, self.input_key_size), flat @ self.input_value
-
-    def _fusable(self, x: Tensor) -> bool:
-        """Whether :mod:`rims_rl.rims_loop` covers this call (see its docstring)."""
-        dropout = self.training and (self.input_dropout > 0 or (self.communication and self.comm_dropout > 0))
-        one_row = x.dim() == 3 or x.shape[2] == 1
-        return (
-            self.cell == "lstm"
-            and self.input_attention
-            and one_row
-            and not dropout
-            and (x.shape[1] <= _PRECOMPUTE_MAX_BATCH)
-        )
-
-    def _run_fused(self, x: Tensor, h, c, reset_steps, keep, hidden_weight: Tensor, hidden_bias: Tensor):
-        batch = x.shape[1]
-        keys, values = self._row_projections(x)
+    def _step_weights(self, weight_ih: Tensor) -> StepWeights:
+        """The weights in the step's layout (:class:`rims_rl.step.StepWeights`), made once per call, with
+        ``weight_ih`` the cells' input weights over the values the step reads (see :meth:`_input_side`)."""
+        units = self.num_units
+        hidden_weight, bias_ih = self.weight_hh, None
+        if self.cell == "lstm":
+            hidden_bias = self.bias_hh + self.bias_ih
+        else:  # the GRU's reset gate scales the hidden side only, so its input bias stays apart
+            hidden_bias, bias_ih = self.bias_hh, self.bias_ih.unsqueeze(1)
+        if self.input_attention:
+            # The cell's hidden-side projection and the input queries both read h_{t-1}: one bmm.
+            hidden_weight = torch.cat([self.weight_hh, self.input_query], dim=-1)
+            hidden_bias = torch.cat([hidden_bias, hidden_bias.new_zeros(units, self.input_query.shape[-1])], dim=-1)
         comm = (None, None, None)
         if self.communication:
-            comm = (self._comm_qkv_scaled(), self.comm_output, self.comm_output_bias.unsqueeze(1))
-        tensors = (keys, values, self.weight_ih, h.contiguous(), c.contiguous(), hidden_weight, hidden_bias, *comm)
-        spec = rims_loop.LoopSpec(self, batch)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            outputs, h, c = rims_loop.FusedLoop.apply(spec, reset_steps, keep, *tensors)
-        else:
-            outputs, h, c, _ = rims_loop.run_loop(spec, tensors, reset_steps, keep, save=False)
-        output, final = self._lstm_layout(outputs, h, c)
-        return output, final, None
+            # 1/sqrt(key size) folded into the query columns of the q/k/v projection.
+            split = self.comm_heads * self.comm_key_size
+            scale = torch.ones(self.comm_qkv.shape[-1], dtype=self.comm_qkv.dtype, device=self.comm_qkv.device)
+            scale[:split] = 1.0 / math.sqrt(self.comm_key_size)
+            comm = (self.comm_qkv * scale, self.comm_output, self.comm_output_bias.unsqueeze(1))
+        return StepWeights(hidden_weight, hidden_bias.unsqueeze(1), weight_ih, bias_ih, *comm)
 
     def _lstm_layout(self, outputs: Tensor, h: Tensor, c: Tensor):
         """Unit-major outputs ``(T, K, B, U)`` and ``h, c (K, B, U)`` back in nn.LSTM's layout."""
@@ -544,52 +392,3 @@ class RIMs(nn.Module):
         flat = (1, batch, self.hidden_size)
         output = outputs.permute(0, 2, 1, 3).reshape(steps, batch, self.hidden_size)
         return output, (h.transpose(0, 1).reshape(flat), c.transpose(0, 1).reshape(flat))
-
-    def _comm_qkv_scaled(self) -> Tensor:
-        """The communication q/k/v weight with 1/sqrt(key size) folded into the query columns."""
-        split = self.comm_heads * self.comm_key_size
-        scale = torch.ones(self.comm_qkv.shape[-1], dtype=self.comm_qkv.dtype, device=self.comm_qkv.device)
-        scale[:split] = 1.0 / math.sqrt(self.comm_key_size)
-        return self.comm_qkv * scale
-
-    def _select(self, p_null: Tensor | None) -> Tensor | None:
-        """Bool mask (K, B) of the k_active units with the least null attention; None if all are."""
-        if p_null is None or self.k_active == self.num_units:
-            return None
-        return rims_loop.select_active(p_null, self.k_active)
-
-    def _cell_step(self, input_gates: Tensor, hidden_gates: Tensor, h: Tensor, c: Tensor):
-        if self.cell == "lstm":
-            gates = input_gates + hidden_gates
-            i, f, _, o = torch.sigmoid(gates).chunk(4, dim=-1)
-            c_new = torch.addcmul(f * c, i, torch.tanh(gates[..., 2 * self.unit_size : 3 * self.unit_size]))
-            return o * torch.tanh(c_new), c_new
-        ir, iz, i_n = (input_gates + self.bias_ih.unsqueeze(1)).chunk(3, dim=-1)
-        hr, hz, h_n = hidden_gates.chunk(3, dim=-1)
-        r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
-        n = torch.tanh(i_n + r * h_n)
-        return n + z * (h - n), c
-
-    def _communicator(self, defer: bool):
-        """Per-step function of h (K, B, unit_size) -> residual: each unit attends over all units."""
-        heads, key_size, value_size = self.comm_heads, self.comm_key_size, self.comm_value_size
-        split = heads * key_size
-        splits = [split, split, heads * value_size]
-        project_qkv = _Product(self._comm_qkv_scaled(), defer=defer)
-        project_output = _Product(self.comm_output, self.comm_output_bias.unsqueeze(1), defer)
-
-        def communicate(h: Tensor) -> Tensor:
-            units, batch = h.shape[:2]
-            queries, keys, values = project_qkv(h).split(splits, dim=-1)
-            # Broadcast products instead of batched matmuls: the unit-major layout needs no copies,
-            # and with few units they are as cheap as the matmuls.
-            queries = queries.view(units, 1, batch, heads, key_size)
-            keys = keys.view(1, units, batch, heads, key_size)
-            values = values.view(1, units, batch, heads, value_size)
-            scores = (queries * keys).sum(-1, keepdim=True)
-            attention = _dropout(torch.softmax(scores, dim=1), self.comm_dropout, self.training)
-            read = (attention * values).sum(1).reshape(units, batch, heads * value_size)
-            update, gate = project_output(read).chunk(2, dim=-1)
-            return torch.sigmoid(gate) * torch.tanh(update)
-
-        return communicate

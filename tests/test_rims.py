@@ -9,10 +9,14 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from rims_rl import RIMs, native, rims_loop
+from rims_rl import RIMs, native
+from rims_rl import loop as rims_loop
+from rims_rl.step import StepInputs, dropout_mask, rims_step, step_backward, step_factors
 from tests.reference import reference_run
 
 CELLS = ["lstm", "gru"]
+# Values wider than the input row (6): each unit reads the row through its folded input weights.
+FOLDED = {"input_value_size": 8}
 
 
 def small(cell: str = "lstm", **kwargs) -> RIMs:
@@ -58,7 +62,7 @@ def unit_slices(tensor: torch.Tensor, module: RIMs) -> torch.Tensor:
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("rows", [None, 3], ids=["one-row", "input-set"])
 @pytest.mark.parametrize("batch", [3, 20], ids=["small-batch", "large-batch"])
-@pytest.mark.parametrize("variant", [{}, {"communication": False}, {"input_attention": False}, {"k_active": 5}])
+@pytest.mark.parametrize("variant", [{}, {"communication": False}, {"input_attention": False}, {"k_active": 5}, FOLDED])
 def test_matches_literal_reference(cell, rows, batch, variant):
     """The batched module computes the paper's step (null row, head-averaged null attention,
     top-k, unit cells, communication) as a literal per-unit implementation does."""
@@ -96,15 +100,13 @@ def call(module: RIMs, x: torch.Tensor, state=None, *, path: str, monkeypatch):
 
 @pytest.mark.parametrize("path", PATHS[1:])
 @pytest.mark.parametrize("batch", [3, 20], ids=["small-batch", "large-batch"])
-@pytest.mark.parametrize("variant", [{}, {"communication": False}, {"k_active": 5}])
+@pytest.mark.parametrize("variant", [{}, {"communication": False}, {"k_active": 5}, FOLDED])
 def test_fused_paths_match_literal_reference(path, batch, variant, monkeypatch):
     """The fused loops compute the paper's step as the literal reference does: null row in the
     softmax, selection (with the full tie of a zero state at the first step), cells, communication."""
     torch.manual_seed(0)
     module = small(**variant).double()
     x = torch.randn(7, batch, module.input_size, dtype=torch.float64)
-    if batch > 16:  # the fused loops take small batches only
-        pytest.skip("the fused loop covers batches of up to 16")
     output, _ = call(module, x, path=path, monkeypatch=monkeypatch)
     expected, _, _ = reference_run(module, x)
     torch.testing.assert_close(output, expected, rtol=1e-9, atol=1e-10)
@@ -231,7 +233,7 @@ def test_null_row_takes_part_in_the_softmax_of_an_input_set():
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("rows", [None, 3], ids=["one-row", "input-set"])
 @pytest.mark.parametrize("batch", [1, 5, 20])
-@pytest.mark.parametrize("variant", [{}, {"communication": False}, {"input_attention": False}])
+@pytest.mark.parametrize("variant", [{}, {"communication": False}, {"input_attention": False}, FOLDED])
 def test_one_call_equals_single_steps_bit_for_bit(cell, rows, batch, variant):
     torch.manual_seed(3)
     module = small(cell, **variant).eval()
@@ -330,9 +332,10 @@ def test_inactive_unit_passes_gradient_through_its_carried_state():
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("rows", [None, 2], ids=["one-row", "input-set"])
-def test_gradcheck_float64(cell, rows):
+@pytest.mark.parametrize("value_size", [3, 4], ids=["projected-values", "folded-values"])
+def test_gradcheck_float64(cell, rows, value_size):
     torch.manual_seed(9)
-    module = small(cell, input_size=3, unit_size=2, num_units=3, k_active=2).double()
+    module = small(cell, input_size=3, unit_size=2, num_units=3, k_active=2, input_value_size=value_size).double()
     shape = (3, 2, 3) if rows is None else (3, 2, rows, 3)
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     h = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True)
@@ -373,10 +376,53 @@ class _CountingLoop:
         return call
 
 
+@pytest.mark.parametrize("variant", [{}, {"communication": False}, {"k_active": 5}, FOLDED])
+def test_hand_written_step_backward_is_the_derivative_of_the_step(variant):
+    """``step_backward`` differentiates ``rims_step`` itself: for one step in float64, the state
+    gradients it returns, and the weight, key and value gradients assembled from its per-step
+    gradients, equal what autograd finds through ``rims_step``."""
+    torch.manual_seed(22)
+    module = small(**variant).double()
+    spec = module._spec()
+    keys, values, weight_ih = module._input_side(torch.randn(1, 4, module.input_size, dtype=torch.float64))
+    plain = module._step_weights(weight_ih)
+    weights = type(plain)(*(None if w is None else w.detach().clone().requires_grad_(True) for w in plain))
+    inputs = StepInputs(keys[0].detach().requires_grad_(True), values[0].detach().requires_grad_(True))
+    h = torch.randn(5, 4, 5, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(5, 4, 5, dtype=torch.float64, requires_grad=True)
+    h_next, c_next, saved = rims_step(spec, weights, inputs, h, c, save=True)
+    dh, dc = torch.randn_like(h_next), torch.randn_like(c_next)
+    leaves = {"h": h, "c": c, "keys": inputs.keys, "values": inputs.values}
+    leaves |= {name: w for name, w in weights._asdict().items() if w is not None}
+    loss = (h_next * dh).sum() + (c_next * dc).sum()
+    expected = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
+
+    step = step_factors(spec, saved) | {name: saved[name] for name in ("qkv", "comm_attention") if name in saved}
+    transposed = type(weights)(*(None if w is None or w.dim() < 3 else w.detach().transpose(1, 2) for w in weights))
+    d_h, d_c, grads = step_backward(spec, dh, dc, step, inputs, transposed)
+    found = {"h": d_h, "c": d_c}
+    found["hidden_weight"] = h.transpose(1, 2) @ grads["projected"]
+    found["hidden_bias"] = grads["projected"].sum(1, keepdim=True)
+    found["weight_ih"] = saved["readout"].transpose(1, 2) @ grads["projected"][..., : spec.gates]
+    found["keys"] = (grads["scores"].unsqueeze(-1) * saved["q"]).sum(0)
+    per_head = grads["readout"].view(5, 4, spec.input_heads, -1) * saved["p"].unsqueeze(-1)
+    found["values"] = per_head.sum(0).view(4, -1)
+    if spec.communication:
+        found["comm_qkv"] = saved["h_mix"].transpose(1, 2) @ grads["qkv"]
+        found["comm_output"] = saved["read"].transpose(1, 2) @ grads["out"]
+        found["comm_output_bias"] = grads["out"].sum(1, keepdim=True)
+    assert set(found) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(found[name], value, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
+        assert value.abs().sum() > 0, name
+
+
 @pytest.mark.parametrize("loop", ["compiled", "python"])
-@pytest.mark.parametrize(("variant", "steps"), [({}, 9), ({"communication": False}, 9), ({"k_active": 5}, 9), ({}, 3)])
+@pytest.mark.parametrize(
+    ("variant", "steps"), [({}, 9), ({"communication": False}, 9), ({"k_active": 5}, 9), ({}, 3), (FOLDED, 9)]
+)
 def test_fused_time_loop_equals_eager_autograd(variant, steps, loop, monkeypatch):
-    """The hand-written backward of ``rims_rl.rims_loop`` (taken for one input row, LSTM cells and no
+    """The hand-written backward of ``rims_rl.loop.FusedLoop`` (taken for one input row, LSTM cells and no
     dropout) gives the values and every gradient of plain autograd through the per-step ops
     (``forward_with_details`` always takes that path), with resets and a given state; both for the
     compiled loop (``rims_rl/csrc``, which must build here) and for the Python one. Three steps: the
@@ -536,6 +582,14 @@ def test_seeded_construction_and_dropout_are_deterministic():
     assert torch.equal(outputs[0], outputs[1])
     torch.manual_seed(15)
     assert not torch.equal(module(x)[0], outputs[0])  # dropout is live in training mode
+
+
+def test_dropout_masks_are_those_torch_dropout_draws():
+    x = torch.randn(5, 7)
+    torch.manual_seed(3)
+    expected = torch.nn.functional.dropout(x, 0.3)
+    torch.manual_seed(3)
+    assert torch.equal(x * dropout_mask(x, 0.3), expected)
 
 
 def test_dropout_is_off_in_eval_mode():

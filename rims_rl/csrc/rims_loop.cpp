@@ -1,6 +1,6 @@
-// The fused RIMs time loop (rims_rl/rims_loop.py) for CPU tensors, compiled on first use.
+// The fused RIMs time loop (rims_rl/loop.py) for CPU tensors, compiled on first use.
 //
-// Same arithmetic as run_loop / the backward loop there, in the same step-major layouts. At recurrent
+// Same arithmetic as rims_rl.step.rims_step and step_backward, in the same step-major layouts. At recurrent
 // PPO's minibatch shapes (a few sequences of 128 steps) a step is a few rows through each unit's
 // weights: the per-unit products are memory- and latency-bound, not arithmetic-bound. So each step's
 // work is split by unit across threads (ATen's parallel_for, a few phases per step), the products
@@ -319,7 +319,7 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
     attention = stack({K, K, B, Hc, 1});
     read = stack({K, B, Hv});
   }
-  // With save, the local derivatives the backward multiplies by (rims_loop._factors), formed here while
+  // With save, the local derivatives the backward multiplies by (rims_rl.step.step_factors), formed here while
   // each step's gate values are at hand: the gates themselves are kept for one step only.
   Tensor mask, unmask, forget, cell_to_c, slopes, p_slope, out_slopes;
   if (save) {
@@ -676,14 +676,17 @@ std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outpu
   return result;
 }
 
-std::vector<bool> reset_flags(const std::vector<int64_t>& reset_steps, int64_t steps) {
+// The steps at which some entry is reset (a keep factor other than 1); only those are multiplied.
+std::vector<bool> reset_flags(const Tensor& keep, int64_t steps, int64_t batch) {
   std::vector<bool> flags;
-  if (reset_steps.empty()) return flags;
+  if (!keep.defined() || keep.numel() == 0) return flags;
+  TORCH_CHECK(keep.dim() == 2 && keep.size(0) == steps && keep.size(1) == batch, "rims_loop: keep must be (T, B)");
   flags.assign(steps, false);
-  for (int64_t t : reset_steps) {
-    TORCH_CHECK(t >= 0 && t < steps, "rims_loop: reset step ", t, " out of range");
-    flags[t] = true;
-  }
+  AT_DISPATCH_FLOATING_TYPES(keep.scalar_type(), "rims_reset_flags", [&] {
+    const scalar_t* k = keep.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < steps; ++t)
+      for (int64_t b = 0; b < batch && !flags[t]; ++b) flags[t] = k[t * batch + b] != scalar_t(1);
+  });
   return flags;
 }
 
@@ -696,13 +699,13 @@ void check_contiguous(std::initializer_list<const Tensor*> tensors) {
 std::vector<Tensor> forward_loop(const Tensor& keys, const Tensor& values, const Tensor& weight_ih, const Tensor& h0,
                                  const Tensor& c0, const Tensor& hidden_weight, const Tensor& hidden_bias,
                                  const Tensor& qkv_weight, const Tensor& out_weight, const Tensor& out_bias,
-                                 const Tensor& keep, std::vector<int64_t> reset_steps, int64_t k_active,
+                                 const Tensor& keep, int64_t k_active,
                                  int64_t comm_heads, int64_t comm_key, int64_t comm_value, bool communication,
                                  bool save) {
   check_contiguous({&keys, &values, &h0, &c0, &hidden_bias, &out_bias, &keep});
   Sizes s = sizes(keys, h0, hidden_weight, k_active, comm_heads, comm_key, comm_value, communication);
   check_input_side(values, weight_ih, false, s);
-  const std::vector<bool> reset = reset_flags(reset_steps, s.T);
+  const std::vector<bool> reset = reset_flags(keep, s.T, s.B);
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rims_forward_loop", [&] {
     result = forward_impl<scalar_t>(keys, values, weight_ih, h0, c0, hidden_weight, hidden_bias, qkv_weight, out_weight,
@@ -716,15 +719,15 @@ std::vector<Tensor> backward_loop(const Tensor& dh, const Tensor& dc, const Tens
                                   const Tensor& unmask, const Tensor& forget, const Tensor& cell_to_c,
                                   const Tensor& pre, const Tensor& p_slope, const Tensor& out, const Tensor& qkv,
                                   const Tensor& attention, const Tensor& hidden_weight_t, const Tensor& qkv_weight_t,
-                                  const Tensor& out_weight_t, const Tensor& keep, std::vector<int64_t> reset_steps,
-                                  int64_t comm_heads, int64_t comm_key, int64_t comm_value, bool communication) {
+                                  const Tensor& out_weight_t, const Tensor& keep, int64_t comm_heads,
+                                  int64_t comm_key, int64_t comm_value, bool communication) {
   check_contiguous({&dh, &dc, &grad_outputs, &keys, &values, &mask, &unmask, &forget, &cell_to_c, &pre, &p_slope,
                     &out, &qkv, &attention, &keep});
   // hidden_weight_t is (K, NP, U): the sizes come from its transpose.
   Sizes s =
       sizes(keys, dh, hidden_weight_t.transpose(1, 2), dh.size(0), comm_heads, comm_key, comm_value, communication);
   check_input_side(values, weight_ih_t, true, s);
-  const std::vector<bool> reset = reset_flags(reset_steps, s.T);
+  const std::vector<bool> reset = reset_flags(keep, s.T, s.B);
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rims_backward_loop", [&] {
     result = backward_impl<scalar_t>(dh.clone(), dc.clone(), grad_outputs, keys, values, weight_ih_t, mask, unmask,
