@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rims_rl.agents.config import ConfigError, SweepConfig, load, to_dict
 from rims_rl.agents.report import write_report
 from rims_rl.agents.sweep import check_backend, load_sweep, run_sweep
 from rims_rl.agents.train import resolve_config
-
-from rims_rl.config import ConfigError, resolve_config_path
 
 __all__ = ["ablation_sweep", "run_ablation"]
 
@@ -37,16 +37,16 @@ def ablation_sweep(
     all_active: bool = False,
     no_communication: bool = False,
 ) -> dict[str, Any]:
-    """The ablation's sweep file contents with the command line's choices applied."""
-    spec = yaml.safe_load(resolve_config_path(path).read_text())
-    if not isinstance(spec, dict) or not all(isinstance(spec.get(key), dict) for key in ("grid", "variants")):
-        raise ConfigError(f"{path}: an ablation file is a sweep file with a grid and variants")
+    """The ablation's sweep file contents with the command line's choices applied (checked as a sweep)."""
+    spec = to_dict(load(SweepConfig, path))
+    if not spec["variants"]:
+        raise ConfigError(f"{path}: an ablation file is a sweep file with variants")
     if games is not None:
         spec["grid"]["env.id"] = list(games)
     if seeds is not None:
         spec["grid"]["run.seed"] = list(seeds)
     if all_active:
-        units = resolve_config(spec["config"])["rims"]["num_units"]
+        units = resolve_config(spec["config"]).rims.num_units
         spec["variants"]["rims-all-active"] = {"rims.k_active": units}
     if no_communication:
         spec["variants"]["rims-no-communication"] = {"rims.communication": False}
@@ -61,8 +61,7 @@ def run_ablation(
     seeds: Sequence[int] | None = None,
     all_active: bool = False,
     no_communication: bool = False,
-    overrides: Sequence[str] = (),
-    device: str | None = None,
+    overrides: Sequence[tuple[str, Any]] = (),
     workers: int | None = None,
     backend: str = "local",
     address: str | None = None,
@@ -70,26 +69,21 @@ def run_ablation(
     track: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the ablation grid and write its report; returns the sweep's result and the report's files."""
+    """Run the ablation grid and write its report; returns the sweep's result and the report's files.
+
+    ``overrides``: ``(key, value)`` pairs for every run's training config (``--set``, ``--device``)."""
     check_backend(backend, address)
     spec = ablation_sweep(path, games=games, seeds=seeds, all_active=all_active, no_communication=no_communication)
     if out is not None:
         spec["out"] = str(out)
+    sweep = load_sweep(spec, overrides, workers=workers)  # every run's config is checked here
     out = Path(spec["out"])
-    effective = out / "ablation.yaml"
-    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    effective = out / "ablation.yaml"
     effective.write_text(
         "# Written by rims-rl ablate: the grid it ran; rims-rl sweep --config <this file> reruns it.\n"
-        + yaml.safe_dump(spec, sort_keys=False)
+        + yaml.safe_dump({key: value for key, value in spec.items() if value is not None}, sort_keys=False)
     )
-    try:  # every run's config is checked here, before anything trains
-        sweep = load_sweep(effective, overrides, device=device, workers=workers)
-    except ConfigError:  # bad input leaves nothing behind
-        effective.unlink()
-        if created:
-            out.rmdir()
-        raise
     result = run_sweep(sweep, backend=backend, address=address, log=log)
     report = write_report([out], out / "report", source=source, track=track)
     return {"sweep": result, "report": report, "file": str(effective)}

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
+from stable_baselines3.common.buffers import BaseBuffer
 from stable_baselines3.common.policies import BasePolicy
 
 from rims_rl.policies import (
@@ -24,7 +25,7 @@ from rims_rl.policies import (
 __all__ = ["RecurrentA2C", "RimsPPO"]
 
 
-class _InOrder:
+class _InOrder(BaseBuffer):
     """Serve a single full batch in buffer order: the parent rotates the buffer at a random point,
     which would cut one environment's sequence (and its BPTT) in two."""
 
@@ -34,7 +35,7 @@ class _InOrder:
         return super()._get_samples(batch_inds, env_change, env)
 
 
-class _Unpadded:
+class _Unpadded(BaseBuffer):
     """Minibatches with the real observations only, in order, and padding slots marked by an
     episode start of ``PADDING_START``: our policies run the features extractor on these alone and
     place the features in the padded grid (``RecurrentCorePolicy._padded_features``)."""
@@ -92,25 +93,18 @@ class RimsPPO(RecurrentPPO):
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        old = self.rollout_buffer
-        if isinstance(old, RecurrentDictRolloutBuffer):
+        buffer = self.rollout_buffer
+        if isinstance(buffer, RecurrentDictRolloutBuffer):
             buffer_class = _InOrderDictBuffer if self._in_order else None
         elif isinstance(self.policy, RecurrentCorePolicy):
             buffer_class = _InOrderUnpaddedBuffer if self._in_order else _UnpaddedBuffer
         else:
             buffer_class = _InOrderBuffer if self._in_order else None
-        if buffer_class is None:
-            return
-        self.rollout_buffer = buffer_class(
-            self.n_steps,
-            self.observation_space,
-            self.action_space,
-            old.hidden_state_shape,
-            self.device,
-            gamma=self.gamma,
-            gae_lambda=self.gae_lambda,
-            n_envs=self.n_envs,
-        )
+        if buffer_class is not None:
+            # Our buffers only change how sb3-contrib's samples minibatches (no state of their own; their
+            # mixins derive from SB3's BaseBuffer so that the object layout is the same), so the buffer the
+            # parent built becomes one instead of being built again.
+            buffer.__class__ = buffer_class
 
 
 class RecurrentA2C(RimsPPO):

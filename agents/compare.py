@@ -8,53 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from rims_rl.agents.evaluate import bootstrap_ci
-from rims_rl.agents.runs import run_label
+
+from rims_rl.agents.config import ConfigError
+from rims_rl.agents.runs import find_runs, learning_curve, read_config, run_label
+from rims_rl.agents.stats import mean_ci
 from rims_rl.envs import env_name
 
-from rims_rl.config import ConfigError
-
-__all__ = ["compare_runs", "find_runs", "learning_curve", "mean_curve", "plot_curves"]
+__all__ = ["compare_runs", "mean_curve", "plot_curves"]
 
 POINTS = 50  # grid points per curve
-
-
-def find_runs(paths: list[str | Path]) -> list[Path]:
-    """Run folders (holding config.yaml) given directly or anywhere below the given folders."""
-    runs = []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise ConfigError(f"no such run folder: {path}")
-        found = [path] if (path / "config.yaml").is_file() else sorted(p.parent for p in path.rglob("config.yaml"))
-        runs.extend(found)
-    if not runs:
-        raise ConfigError("no run folders (with config.yaml) found in " + ", ".join(map(str, paths)))
-    return runs
-
-
-def learning_curve(run_dir: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, returns) of one run: training episodes (``rollout/ep_rew_mean`` in progress.csv) or
-    periodic evaluations (evaluations.npz)."""
-    if source == "eval":
-        path = run_dir / "evaluations.npz"
-        if not path.is_file():
-            return np.empty(0), np.empty(0)
-        data = np.load(path)
-        return data["timesteps"].astype(float), data["results"].mean(axis=1)
-    steps, returns = [], []
-    # A resumed run keeps its earlier log parts beside progress.csv (see agents.train).
-    for path in [*sorted(run_dir.glob("progress.part*.csv")), run_dir / "progress.csv"]:
-        if not path.is_file():
-            continue
-        with path.open() as handle:
-            for row in csv.DictReader(handle):
-                step, value = row.get("time/total_timesteps"), row.get("rollout/ep_rew_mean")
-                if step not in (None, "") and value not in (None, ""):
-                    steps.append(float(step))
-                    returns.append(float(value))
-    order = np.argsort(steps, kind="stable")
-    return np.asarray(steps)[order], np.asarray(returns)[order]
 
 
 def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,7 +27,7 @@ def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
     start = max(steps[0] for steps, _ in curves)
     grid = np.linspace(start, end, POINTS) if end > start else np.array([end])
     table = np.stack([np.interp(grid, steps, returns) for steps, returns in curves])
-    bounds = np.array([bootstrap_ci(column) for column in table.T])
+    bounds = np.array([mean_ci(column) for column in table.T])
     return grid, table.mean(axis=0), bounds
 
 
@@ -103,16 +65,16 @@ def plot_curves(groups: dict[str, dict[str, list]], path: Path, source: str, col
 
 
 def compare_runs(paths: list[str | Path], out: str | Path, source: str = "train") -> dict[str, Any]:
-    """Group runs by environment and label (``rims_rl.agents.runs.run_label``); write ``curves.png`` and
+    """Group runs by environment and label (:func:`rims_rl.agents.runs.run_label`); write ``curves.png`` and
     ``curves.csv``."""
     if source not in ("train", "eval"):
         raise ConfigError(f"--source must be train or eval, got {source!r}")
     groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for run_dir in find_runs(paths):
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config = read_config(run_dir)
         steps, returns = learning_curve(run_dir, source)
         if len(steps):
-            label = run_label(config)
+            label = run_label(config["algo"], config["policy"], config["run"].get("label"))
             groups[env_name(config["env"]["id"])][label].append((steps, returns))
     if not groups:
         raise ConfigError(f"the runs have no {source} learning curves yet")

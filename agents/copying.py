@@ -14,21 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from rims_rl.config import ConfigError, require
-from rims_rl.rims import RIMs
+from rims_rl.agents.config import ConfigError, CopyingConfig, CoreConfig, load, to_dict
+from rims_rl.cores import build_core
 from rims_rl.utils import atomic_save, resolve_device
 
-__all__ = ["CopyingModel", "build_model", "copying_batch", "evaluate", "run_copying"]
+__all__ = ["CopyingModel", "build_model", "copying_batch", "evaluate", "load_copying_config", "run_copying"]
 
 BLANK, INDICATOR = 0, 9
 VOCAB = 10  # input symbols: digits 0-8 (0 doubles as the blank) and the indicator 9
 CLASSES = 9  # targets: the digits 0-8
-TASK_KEYS = ("digits", "train_span", "eval_spans")
-TRAIN_KEYS = ("updates", "batch_size", "lr", "grad_clip", "eval_every", "eval_sequences", "seed", "device")
 
 
 def copying_batch(batch: int, digits: int, span: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -60,25 +59,9 @@ class CopyingModel(nn.Module):
         return self.head(output[-self.digits :])
 
 
-def build_model(spec: Mapping[str, Any], digits: int) -> CopyingModel:
+def build_model(spec: CoreConfig, digits: int) -> CopyingModel:
     """A :class:`CopyingModel` from one ``models.<name>`` config entry."""
-    spec = dict(spec)
-    kind = spec.pop("kind", None)
-    try:
-        if kind == "rims":
-            core = RIMs(VOCAB, **spec)
-        elif kind == "lstm":
-            forget_bias = spec.pop("forget_bias", 0.0)
-            core = nn.LSTM(VOCAB, **spec)
-            with torch.no_grad():
-                size = core.hidden_size
-                core.bias_ih_l0[size : 2 * size] = forget_bias
-                core.bias_hh_l0[size : 2 * size] = 0.0
-        else:
-            raise ConfigError(f"model kind must be rims or lstm, got {kind!r}")
-    except TypeError as error:  # an unknown keyword for the core
-        raise ConfigError(f"model {kind}: {error}") from None
-    return CopyingModel(core, digits)
+    return CopyingModel(build_core(spec.core, VOCAB, spec.settings), digits)
 
 
 @torch.no_grad()
@@ -100,23 +83,23 @@ def evaluate(model: CopyingModel, eval_sets: Mapping[int, tuple[Tensor, Tensor]]
 
 def _train_one(
     name: str,
-    spec: Mapping[str, Any],
-    config: Mapping[str, Any],
+    spec: CoreConfig,
+    config: CopyingConfig,
     out_dir: Path,
     resume: bool,
     progress: bool,
 ) -> dict[str, Any]:
-    task, train = config["task"], config["train"]
-    device = resolve_device(train["device"])
-    torch.manual_seed(train["seed"])
-    model = build_model(spec, task["digits"]).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train["lr"])
-    data = torch.Generator().manual_seed(train["seed"])
+    task, train = config.task, config.train
+    device = resolve_device(config.run.device)
+    torch.manual_seed(config.run.seed)
+    model = build_model(spec, task.digits).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
+    data = torch.Generator().manual_seed(config.run.seed)
     # Held-out sets come from their own seeds, the same for every model and every run.
     eval_sets = {}
-    for span in task["eval_spans"]:
+    for span in task.eval_spans:
         held_out = torch.Generator().manual_seed(10_000 + int(span))
-        inputs, targets = copying_batch(train["eval_sequences"], task["digits"], int(span), held_out)
+        inputs, targets = copying_batch(train.eval_sequences, task.digits, int(span), held_out)
         eval_sets[int(span)] = (inputs.to(device), targets.to(device))
 
     checkpoint_path = out_dir / f"{name}.pt"
@@ -133,11 +116,11 @@ def _train_one(
         state = saved["state"]
 
     parameters = sum(p.numel() for p in model.parameters())
-    bar = tqdm(total=train["updates"], initial=state["update"], desc=name, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=train.updates, initial=state["update"], desc=name, disable=not progress, dynamic_ncols=True)
     model.train()
-    while state["update"] < train["updates"]:
+    while state["update"] < train.updates:
         started = time.perf_counter()
-        inputs, targets = copying_batch(train["batch_size"], task["digits"], task["train_span"], data)
+        inputs, targets = copying_batch(train.batch_size, task.digits, task.train_span, data)
         logits = model(inputs.to(device))
         loss = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten())
         if not torch.isfinite(loss):
@@ -147,14 +130,14 @@ def _train_one(
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
+        nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         optimizer.step()
         state["update"] += 1
         state["seconds"] += time.perf_counter() - started
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if state["update"] % train["eval_every"] == 0 or state["update"] == train["updates"]:
-            scores = evaluate(model, eval_sets, train["batch_size"])
+        if state["update"] % train.eval_every == 0 or state["update"] == train.updates:
+            scores = evaluate(model, eval_sets, train.batch_size)
             state["history"].append({"update": state["update"], "train_ce": loss.item(), "eval_ce": scores})
             bar.set_postfix(loss=f"{loss.item():.3f}", **{f"ce{span}": f"{ce:.3f}" for span, ce in scores.items()})
             atomic_save(
@@ -164,15 +147,15 @@ def _train_one(
                     "data_rng": data.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "state": state,
-                    "spec": dict(spec),
+                    "spec": to_dict(spec),
                 },
                 checkpoint_path,
             )
     bar.close()
-    final = state["history"][-1]["eval_ce"] if state["history"] else evaluate(model, eval_sets, train["batch_size"])
+    final = state["history"][-1]["eval_ce"] if state["history"] else evaluate(model, eval_sets, train.batch_size)
     return {
         "model": name,
-        "spec": dict(spec),
+        "spec": to_dict(spec),
         "parameters": parameters,
         "updates": state["update"],
         "train_seconds": state["seconds"],
@@ -182,18 +165,15 @@ def _train_one(
     }
 
 
-def check_config(config: Mapping[str, Any]) -> None:
-    """Fail before any training on a config that lacks or misnames keys."""
-    require(config, "task", TASK_KEYS)
-    require(config, "train", TRAIN_KEYS)
-    resolve_device(config["train"]["device"])
-    if not isinstance(config.get("models"), dict) or not config["models"]:
-        raise ConfigError("config section 'models' must map model names to their settings")
-    for name, spec in config["models"].items():
-        if not isinstance(spec, dict):
-            raise ConfigError(f"models.{name} must be a mapping")
-        # Building the model validates every argument, before the long work starts.
-        build_model(spec, config["task"]["digits"])
+def load_copying_config(source="copying.yaml", overrides=()) -> CopyingConfig:
+    """The copying config (a file, a packaged name or a mapping) with ``(key, value)`` overrides, checked
+    in full: its keys and values, the device, and every model's settings."""
+    config = load(CopyingConfig, source, overrides)
+    try:
+        resolve_device(config.run.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return config
 
 
 def format_table(results: list[dict[str, Any]], spans: list[int]) -> str:
@@ -211,14 +191,14 @@ def format_table(results: list[dict[str, Any]], spans: list[int]) -> str:
     return "\n".join(lines)
 
 
-def run_copying(config: Mapping[str, Any], out_dir: str | Path, resume: bool = False, progress: bool = True) -> list:
-    """Train every model in ``config["models"]``; write ``results.json`` and ``results.md``."""
-    check_config(config)
-    out_dir = Path(out_dir)
+def run_copying(config: CopyingConfig, resume: bool = False) -> list:
+    """Train every model in ``config.models`` into ``config.run.out``; write ``results.json`` and ``results.md``."""
+    out_dir = Path(config.run.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    results = [_train_one(name, spec, config, out_dir, resume, progress) for name, spec in config["models"].items()]
-    spans = [int(span) for span in config["task"]["eval_spans"]]
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    progress = config.run.progress
+    results = [_train_one(name, spec, config, out_dir, resume, progress) for name, spec in config.models.items()]
+    spans = [int(span) for span in config.task.eval_spans]
     table = format_table(results, spans)
     chance = math.log(CLASSES)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))

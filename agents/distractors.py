@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rims_rl.agents.evaluate import bootstrap_ci, evaluate_run
-from rims_rl.agents.train import ensure_run, resolve_config, run_dir_for
-from rims_rl.envs import is_pickup_id
 
-from rims_rl.config import ConfigError
+from rims_rl.agents.config import ConfigError
+from rims_rl.agents.evaluate import evaluate_run
+from rims_rl.agents.runs import run_dir_for
+from rims_rl.agents.stats import mean_ci
+from rims_rl.agents.train import ensure_run, resolve_config
+from rims_rl.envs import is_pickup_id
 
 __all__ = ["run_distractors"]
 
@@ -30,35 +32,33 @@ def run_distractors(
     config_path: str | Path = "minigrid/pickup.yaml",
     seeds: Sequence[int] = (0, 1, 2),
     policies: Sequence[str] = ("rims", "lstm"),
-    total_steps: int | None = None,
     episodes: int = 200,
     out: str | Path = "runs/experiments/distractors",
-    overrides: Sequence[str] = (),
+    overrides: Sequence[tuple[str, Any]] = (),
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train every (policy, seed), evaluate each on both splits, write the table and the plot."""
+    """Train every (policy, seed), evaluate each on both splits, write the table and the plot.
+
+    ``overrides``: ``(key, value)`` pairs for the training config of every run (``total_steps``, ...)."""
     if not seeds:
         raise ConfigError("--seeds: give at least one seed")
     out = Path(out)
     configs = {
         (policy, seed): resolve_config(
             config_path,
-            [*overrides, f"run.out={out / 'runs'}"],
-            policy=policy,
-            seed=seed,
-            total_steps=total_steps,
+            [*overrides, ("run.out", str(out / "runs")), ("policy", policy), ("run.seed", seed)],
         )
         for policy in policies
         for seed in seeds
     }
     for config in configs.values():
-        if not is_pickup_id(str(config["env"]["id"])) or config["env"].get("split", "train") != "train":
+        if not is_pickup_id(config.env.id) or config.env.options.get("split", "train") != "train":
             raise ConfigError("the distractors experiment trains on RimsRL/Pickup-v0 with env.split=train")
 
     rows = []
     for (policy, seed), config in configs.items():
         run_dir = run_dir_for(config)
-        log(f"{policy} seed {seed}: {config['total_steps']} steps in {run_dir}")
+        log(f"{policy} seed {seed}: {config.total_steps} steps in {run_dir}")
         log(f"{policy} seed {seed}: {ensure_run(config, run_dir)}")
         for split in SPLITS:
             result = evaluate_run(run_dir, episodes=episodes, distractors=split)
@@ -82,7 +82,7 @@ def run_distractors(
         writer.writeheader()
         writer.writerows(rows)
     summary = _summarise(rows)
-    budget = next(iter(configs.values()))["total_steps"]
+    budget = next(iter(configs.values())).total_steps
     (out / "results.md").write_text(_table(summary, seeds, budget, episodes))
     _plot(summary, out / "results.png")
     return {"rows": rows, "summary": summary, "csv": str(out / "results.csv"), "md": str(out / "results.md")}
@@ -95,7 +95,7 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, An
         rates = np.array([row["success_rate"] for row in mine])
         summary[key] = {
             "mean": float(rates.mean()),
-            "ci95": bootstrap_ci(rates),
+            "ci95": mean_ci(rates),
             "pooled": sum(row["successes"] for row in mine) / sum(row["episodes"] for row in mine),
             "per_seed": rates.tolist(),
         }

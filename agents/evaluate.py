@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -9,14 +10,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from rims_rl.agents.train import ALGORITHMS, OPEN_SECTIONS, check_config
-from rims_rl.envs import PICKUP_ID, env_kind, is_pickup_id, make_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from rims_rl.config import ConfigError, load_config
+from rims_rl.agents.config import ConfigError, TrainConfig
+from rims_rl.agents.stats import mean_ci
+from rims_rl.agents.train import ALGORITHMS, resolve_config
+from rims_rl.envs import PICKUP_ID, env_kind, is_pickup_id, make_env
 
 __all__ = [
-    "bootstrap_ci",
     "evaluate_run",
     "find_model",
     "load_model",
@@ -26,18 +27,6 @@ __all__ = [
     "render_env",
     "with_distractors",
 ]
-
-
-def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple:
-    """Percentile bootstrap confidence interval of the mean."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()), float(values.mean())
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 def find_model(target: str | Path) -> tuple[Path, Path]:
@@ -69,23 +58,20 @@ def load_model(model_path: Path, algo: str, env, device: str):
         raise ConfigError(f"cannot load {model_path}: {error}") from None
 
 
-def with_distractors(config: dict[str, Any], distractors: str) -> dict[str, Any]:
+def with_distractors(config: TrainConfig, distractors: str) -> TrainConfig:
     """``config`` with its MiniGrid pickup task switched to the ``known`` or ``novel`` distractor split."""
     if distractors not in ("known", "novel"):
         raise ConfigError(f"--distractors must be known or novel, got {distractors!r}")
-    env_id = str(config["env"]["id"])
-    if not is_pickup_id(env_id):
-        raise ConfigError(f"--distractors needs a run on RimsRL/Pickup-*, this one is on {env_id}")
-    env = {**config["env"], "id": PICKUP_ID, "split": distractors}
-    return {**config, "env": env}
+    if not is_pickup_id(config.env.id):
+        raise ConfigError(f"--distractors needs a run on RimsRL/Pickup-*, this one is on {config.env.id}")
+    env = dataclasses.replace(config.env, id=PICKUP_ID, options={**config.env.options, "split": distractors})
+    return dataclasses.replace(config, env=env)
 
 
-def load_run(target: str | Path) -> tuple[Path, Path, dict[str, Any]]:
+def load_run(target: str | Path) -> tuple[Path, Path, TrainConfig]:
     """``(model file, run folder, checked config)`` of a run folder or a model file inside one."""
     model_path, run_dir = find_model(target)
-    config = load_config(run_dir / "config.yaml", open_sections=OPEN_SECTIONS)
-    check_config(config)
-    return model_path, run_dir, config
+    return model_path, run_dir, resolve_config(run_dir / "config.yaml")
 
 
 def evaluate_run(
@@ -106,19 +92,19 @@ def evaluate_run(
     model_path, run_dir, config = load_run(target)
     if distractors is not None:
         config = with_distractors(config, distractors)
-    env = make_env(config["env"], seed=seed, evaluation=True, n_envs=min(episodes, 8))
+    env = make_env(config.env.settings(), seed=seed, evaluation=True, n_envs=min(episodes, 8))
     try:
-        model = load_model(model_path, config["algo"], env, str(config["run"]["device"]))
+        model = load_model(model_path, config.algo, env, config.run.device)
         returns, lengths = evaluate_policy(
             model, env, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True, warn=False
         )
     finally:
         env.close()
     returns = np.asarray(returns, dtype=np.float64)
-    low, high = bootstrap_ci(returns)
+    low, high = mean_ci(returns)
     result = {
         "model": str(model_path),
-        "env": config["env"]["id"],
+        "env": config.env.id,
         "episodes": episodes,
         "deterministic": deterministic,
         "mean_return": float(returns.mean()),
@@ -129,10 +115,10 @@ def evaluate_run(
     }
     if distractors is not None:
         result["distractors"] = distractors
-    if env_kind(config["env"]["id"]) == "minigrid":
+    if env_kind(config.env.id) == "minigrid":
         success = (returns > 0).astype(np.float64)
         result["success_rate"] = float(success.mean())
-        result["success_ci95"] = list(bootstrap_ci(success))
+        result["success_ci95"] = list(mean_ci(success))
     if video:
         try:
             result["video"] = str(record_gif(model, config, run_dir / "videos" / "episode.gif", deterministic, seed))
@@ -141,9 +127,9 @@ def evaluate_run(
     return result
 
 
-def render_env(config: dict[str, Any], seed: int):
+def render_env(config: TrainConfig, seed: int):
     """A one-env evaluation VecEnv of ``config`` that renders RGB frames."""
-    env_config = dict(config["env"], render_mode="rgb_array")
+    env_config = dict(config.env.settings(), render_mode="rgb_array")
     if env_kind(env_config["id"]) == "atari":
         env_config["backend"] = "sb3"  # the C++ vector env does not render
     return make_env(env_config, seed=seed, evaluation=True, n_envs=1)
@@ -171,9 +157,7 @@ def play_episode(model, env, deterministic: bool, max_steps: int, on_step=None) 
     return {"frames": frames, "actions": actions, "rewards": rewards, "per_step": per_step}
 
 
-def record_gif(
-    model, config: dict[str, Any], path: Path, deterministic: bool, seed: int, max_steps: int = 5000
-) -> Path:
+def record_gif(model, config: TrainConfig, path: Path, deterministic: bool, seed: int, max_steps: int = 5000) -> Path:
     """Play one episode and save its frames as an animated GIF."""
     from PIL import Image
 

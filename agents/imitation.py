@@ -27,78 +27,50 @@ from typing import Any
 
 import numpy as np
 import torch
-from rims_rl.agents.train import CheckpointAndStop, load_checkpoint, save_checkpoint, set_rng_state, stop_on_signals
-from rims_rl.envs.mujoco import make_cheetah, render_frame
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import NatureCNN
 from torch import nn
 from tqdm import tqdm
 
-from rims_rl.config import ConfigError, load_config
-from rims_rl.cores import LSTMCore
-from rims_rl.rims import RIMs
+from rims_rl.agents.config import ConfigError, CoreConfig, ImitationConfig, ImitationEvaluate, load, parse, to_dict
+from rims_rl.agents.train import CheckpointAndStop, load_checkpoint, save_checkpoint, set_rng_state, stop_on_signals
+from rims_rl.cores import build_core
+from rims_rl.envs.mujoco import make_cheetah, render_frame
 from rims_rl.utils import atomic_save, resolve_device
 
 __all__ = ["STAGES", "CheetahPolicy", "collect", "evaluate", "expert", "load_dataset", "run", "train_bc"]
 
 STAGES = ("expert", "collect", "bc", "evaluate")
-EXPERTS = ("ppo", "sac")
-SECTIONS = {"env", "expert", "collect", "bc", "evaluate", "run"}
 
 
 # ------------------------------------------------------------------------------------- config
 
 
-def load_imitation_config(path: str | Path, overrides=()) -> dict[str, Any]:
-    """The YAML config with overrides, checked before any stage starts."""
-    config = load_config(path, overrides, open_sections=("expert.ppo", "expert.sac", "bc.models"))
-    unknown = set(config) - SECTIONS
-    missing = SECTIONS - set(config)
-    if unknown or missing:
-        raise ConfigError(f"imitation config: unknown sections {sorted(unknown)}, missing {sorted(missing)}")
-    env = config["env"]
+def load_imitation_config(source="mujoco/halfcheetah.yaml", overrides=()) -> ImitationConfig:
+    """The imitation config (a file, a packaged name or a mapping) with ``(key, value)`` overrides, checked
+    in full before any stage starts."""
+    config = load(ImitationConfig, source, overrides)
     try:
-        for key in ("size", "frame_stack", "max_episode_steps"):
-            if isinstance(env[key], bool) or not isinstance(env[key], int) or env[key] < 1:
-                raise ValueError(f"env.{key} must be a positive integer, got {env[key]!r}")
-        if env["gl"] not in ("egl", "osmesa", "glfw"):
-            raise ValueError(f"env.gl must be egl, osmesa or glfw, got {env['gl']!r}")
-        models = config["bc"]["models"]
-        if not isinstance(models, dict) or not models:
-            raise ValueError("bc.models must name at least one model")
-        for name, spec in models.items():
-            _build_core(name, spec, 8)
-        if config["bc"]["lr_decay"] not in ("linear", "none"):
-            raise ValueError(f"bc.lr_decay must be linear or none, got {config['bc']['lr_decay']!r}")
-        if config["expert"]["algo"] not in EXPERTS:
-            raise ValueError(f"expert.algo must be one of {sorted(EXPERTS)}, got {config['expert']['algo']!r}")
-        every = config["expert"]["checkpoint_every"]
-        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise ValueError(f"expert.checkpoint_every must be an integer >= 0, got {every!r}")
-        if config["collect"]["action_noise"] < 0:
-            raise ValueError("collect.action_noise must be >= 0")
-        if config["evaluate"]["joint_noise"] < 0:
-            raise ValueError("evaluate.joint_noise must be >= 0")
-        resolve_device(str(config["run"]["device"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise ConfigError(f"imitation config: {error}") from None
+        resolve_device(config.run.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return config
 
 
-def _env_kwargs(config: dict[str, Any]) -> dict[str, Any]:
-    env = config["env"]
-    keys = ("size", "frame_stack", "camera", "gl", "max_episode_steps")
-    return {key: env[key] for key in keys}
+def _env_kwargs(config: ImitationConfig) -> dict[str, Any]:
+    return to_dict(config.env)
 
 
 # ------------------------------------------------------------------------------------- 1. expert
 
 
-def _expert_class(config: dict[str, Any]):
+def _expert_class(config: ImitationConfig):
     from stable_baselines3 import PPO, SAC
 
-    return {"ppo": PPO, "sac": SAC}[config["expert"]["algo"]]
+    return {"ppo": PPO, "sac": SAC}[config.expert.algo]
 
 
-def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def expert(config: ImitationConfig, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the state-based expert, PPO or SAC (or load it if ``out/expert`` is complete).
 
     Checkpoints (model, replay buffer, normalizer statistics) every ``expert.checkpoint_every`` steps
@@ -115,14 +87,14 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
         return info
     checkpoint = folder / "checkpoint.pt"
     saved = load_checkpoint(checkpoint) if checkpoint.is_file() else None
-    algo, total = config["expert"]["algo"], config["expert"]["total_steps"]
+    algo, total = config.expert.algo, config.expert.total_steps
     algorithm = _expert_class(config)
     if saved is not None and saved.get("algorithm", algorithm.__name__) != algorithm.__name__:
         raise ConfigError(
             f"{checkpoint} holds a {saved['algorithm']} expert but expert.algo is {algo}: set expert.algo to "
             f"{saved['algorithm'].lower()} to continue it, or delete the checkpoint to start over"
         )
-    settings = dict(config["expert"][algo])
+    settings = dict(getattr(config.expert, algo))
     net_arch = settings.pop("net_arch")
     policy_kwargs = {"net_arch": net_arch}
     if algo == "ppo":
@@ -132,14 +104,14 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
             "activation_fn": nn.ReLU,
             "net_arch": {"pi": net_arch, "vf": net_arch},
         }
-    seed = config["run"]["seed"]
+    seed = config.run.seed
     env_kwargs = {**_env_kwargs(config), "pixels": False}
     env = make_vec_env(make_cheetah, n_envs=1, seed=seed, env_kwargs=env_kwargs)
     if saved is not None and saved["normalizer"] is not None:
         normalized = pickle.loads(saved["normalizer"])
         normalized.set_venv(env)
         env = normalized
-    elif config["expert"]["normalize"]:
+    elif config.expert.normalize:
         env = VecNormalize(env, gamma=settings["gamma"])
     try:
         if saved is not None:
@@ -153,12 +125,12 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
                 "MlpPolicy", env, policy_kwargs=policy_kwargs, seed=seed, device="cpu", verbose=0, **settings
             )
             log(f"expert: {algo.upper()} on the state vector for {total} steps")
-        stopper = CheckpointAndStop(checkpoint, config["expert"]["checkpoint_every"])
+        stopper = CheckpointAndStop(checkpoint, config.expert.checkpoint_every)
         with stop_on_signals(stopper):
             model.learn(
                 max(total - model.num_timesteps, 0),
                 callback=stopper,
-                progress_bar=config["run"]["progress"],
+                progress_bar=config.run.progress,
                 reset_num_timesteps=saved is None,
             )
         if stopper.signal is not None:
@@ -170,7 +142,7 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
             env.save(str(folder / "vecnormalize.pkl"))
     finally:
         env.close()
-    returns = [episode["return"] for episode in _expert_episodes(config, out, config["expert"]["eval_episodes"])]
+    returns = [episode["return"] for episode in _expert_episodes(config, out, config.expert.eval_episodes)]
     info = {
         "algo": algo,
         "return_mean": float(np.mean(returns)),
@@ -185,7 +157,7 @@ def expert(config: dict[str, Any], out: Path, log: Callable[[str], None] = print
 
 
 def _expert_episodes(
-    config: dict[str, Any], out: Path, episodes: int, render: bool = False, seed: int = 100, action_noise: float = 0.0
+    config: ImitationConfig, out: Path, episodes: int, render: bool = False, seed: int = 100, action_noise: float = 0.0
 ):
     """Play the saved expert; yield per episode its return and, with ``render``, frames (T, 3, H, W) of
     the states it acted on, its actions and rewards. With ``action_noise``, the executed action is the
@@ -210,7 +182,7 @@ def _expert_episodes(
                 if render:
                     frames.append(render_frame(env))
                 policy_obs = normalizer.normalize_obs(obs[None]) if normalizer is not None else obs[None]
-                action = model.predict(policy_obs, deterministic=config["collect"]["deterministic"])[0][0]
+                action = model.predict(policy_obs, deterministic=config.collect.deterministic)[0][0]
                 action = np.clip(action, -1.0, 1.0)
                 executed = action + noise.normal(0.0, action_noise, action.shape) if action_noise else action
                 obs, reward, terminated, truncated, _ = env.step(np.clip(executed, -1.0, 1.0))
@@ -238,17 +210,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def collect(config: dict[str, Any], out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def collect(config: ImitationConfig, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Record the expert's episodes as pixels into ``dataset.npz`` + ``dataset.json``."""
     data_path, meta_path = out / "dataset.npz", out / "dataset.json"
     if meta_path.is_file():
         meta = load_dataset(out)[1]  # a corrupt dataset stops here with a clear error, untouched
         log(f"collect: done already ({meta['steps']} steps, expert return {meta['expert_return']:.0f})")
         return meta
-    settings = config["collect"]
-    episodes = list(
-        _expert_episodes(config, out, settings["episodes"], render=True, action_noise=settings["action_noise"])
-    )
+    settings = config.collect
+    episodes = list(_expert_episodes(config, out, settings.episodes, render=True, action_noise=settings.action_noise))
     frames = np.concatenate([e["frames"] for e in episodes])
     starts = np.concatenate([np.arange(len(e["actions"])) == 0 for e in episodes])
     temporary = data_path.with_suffix(".tmp.npz")
@@ -268,7 +238,7 @@ def collect(config: dict[str, Any], out: Path, log: Callable[[str], None] = prin
         "expert_return": expert_info["return_mean"],  # clean rollouts, measured by the expert stage
         "demo_return": float(np.mean(returns)),  # the recorded episodes, with the action noise executed
         "demo_return_std": float(np.std(returns)),
-        "action_noise": settings["action_noise"],
+        "action_noise": settings.action_noise,
         "env": _env_kwargs(config),
         "sha256": _sha256(data_path),
     }
@@ -296,44 +266,22 @@ def load_dataset(out: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 # ------------------------------------------------------------------------------------- 3. bc
 
 
-def _build_core(name: str, spec: dict[str, Any], input_size: int) -> nn.Module:
-    spec = dict(spec)
-    kind = spec.pop("core", None)
-    if kind == "rims":
-        spec.setdefault("input_dropout", 0.0)
-        spec.setdefault("comm_dropout", 0.0)
-        return RIMs(input_size, **spec)
-    if kind == "lstm":
-        return LSTMCore(input_size, **spec)
-    raise ValueError(f"bc.models.{name}.core must be rims or lstm, got {kind!r}")
-
-
 class CheetahPolicy(nn.Module):
-    """Pixels to actions: a CNN over the stacked frames, a recurrent core, a tanh action head.
+    """Pixels to actions: SB3's Nature CNN over the stacked frames, a recurrent core, a tanh action head.
 
     ``forward(frames (T, B, C, H, W) uint8, state, episode_starts (T, B)) -> (actions (T, B, A), state)``.
     """
 
-    def __init__(self, channels: int, size: int, actions: int, core: dict[str, Any], features: int) -> None:
+    def __init__(self, channels: int, size: int, actions: int, core: CoreConfig, features: int) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(channels, 32, 8, stride=4),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2),
-            nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            flat = self.encoder(torch.zeros(1, channels, size, size)).shape[1]
-        self.project = nn.Sequential(nn.Linear(flat, features), nn.ReLU())
-        self.core = _build_core("model", core, features)
+        frames = spaces.Box(0, 255, (channels, size, size), np.uint8)
+        self.encoder = NatureCNN(frames, features_dim=features)
+        self.core = build_core(core.core, features, core.settings)
         self.head = nn.Linear(self.core.hidden_size, actions)
 
     def forward(self, frames: torch.Tensor, state=None, episode_starts: torch.Tensor | None = None):
         steps, batch = frames.shape[:2]
-        features = self.project(self.encoder(frames.flatten(0, 1).float() / 255.0)).view(steps, batch, -1)
+        features = self.encoder(frames.flatten(0, 1).float() / 255.0).view(steps, batch, -1)
         output, state = self.core(features, state, episode_starts)
         return torch.tanh(self.head(output)), state
 
@@ -357,7 +305,7 @@ def random_shift(batch: torch.Tensor, pad: int, rng: np.random.Generator) -> tor
     return torch.stack(shifted, dim=1).to(batch.dtype)
 
 
-def train_bc(config: dict[str, Any], out: Path, name: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_bc(config: ImitationConfig, out: Path, name: str, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Sequence behaviour cloning of model ``name``; resumes from its checkpoint."""
     folder = out / "bc" / name
     final = folder / "model.pt"
@@ -365,27 +313,27 @@ def train_bc(config: dict[str, Any], out: Path, name: str, log: Callable[[str], 
         log(f"bc {name}: done already")
         return torch.load(final, map_location="cpu", weights_only=False)["info"]
     data, _ = load_dataset(out)
-    bc, env = config["bc"], config["env"]
-    device = resolve_device(str(config["run"]["device"]))
-    seed = config["run"]["seed"]
+    bc, env = config.bc, config.env
+    device = resolve_device(str(config.run.device))
+    seed = config.run.seed
     torch.manual_seed(seed)
     frames = torch.as_tensor(data["frames"])
     actions = torch.as_tensor(data["actions"])
-    stacks = torch.as_tensor(_stack_index(data["episode_starts"], env["frame_stack"]))
+    stacks = torch.as_tensor(_stack_index(data["episode_starts"], env.frame_stack))
     # Windows never cross an episode end: valid starts are those with `window` steps left in their episode.
     starts = data["episode_starts"]
     last = np.r_[np.nonzero(starts)[0][1:] - 1, len(starts) - 1][np.cumsum(starts) - 1]  # episode's last step
     remaining = last - np.arange(len(starts)) + 1
-    window = int(min(bc["window"], remaining.max()))
+    window = int(min(bc.window, remaining.max()))
     valid = np.nonzero(remaining >= window)[0]
-    updates_per_epoch = max(1, len(starts) // (window * bc["batch_size"]))
+    updates_per_epoch = max(1, len(starts) // (window * bc.batch_size))
 
-    policy = CheetahPolicy(3 * env["frame_stack"], env["size"], actions.shape[1], bc["models"][name], bc["features"])
+    policy = CheetahPolicy(3 * env.frame_stack, env.size, actions.shape[1], bc.models[name], bc.features)
     policy.to(device)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=bc["learning_rate"])
-    total = bc["epochs"] * updates_per_epoch
+    optimizer = torch.optim.Adam(policy.parameters(), lr=bc.learning_rate)
+    total = bc.epochs * updates_per_epoch
     # Linear decay to 0: at a constant rate, RIMs k_A 3 reached loss 0.04 and then diverged to 0.37.
-    decay = bc["lr_decay"]  # checked with the config
+    decay = bc.lr_decay  # checked with the config
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda update: max(0.0, 1.0 - update / total) if decay == "linear" else 1.0
     )
@@ -401,21 +349,21 @@ def train_bc(config: dict[str, Any], out: Path, name: str, log: Callable[[str], 
         torch.set_rng_state(saved["torch_rng"])
         log(f"bc {name}: resuming at epoch {epoch}")
     parameters = sum(p.numel() for p in policy.parameters())
-    bar = tqdm(total=total, initial=epoch * updates_per_epoch, desc=f"bc {name}", disable=not config["run"]["progress"])
+    bar = tqdm(total=total, initial=epoch * updates_per_epoch, desc=f"bc {name}", disable=not config.run.progress)
     started = time.perf_counter()
-    while epoch < bc["epochs"]:
+    while epoch < bc.epochs:
         epoch_loss = 0.0
         for _ in range(updates_per_epoch):
-            first = torch.as_tensor(rng.choice(valid, size=bc["batch_size"]))
+            first = torch.as_tensor(rng.choice(valid, size=bc.batch_size))
             steps = first[None, :] + torch.arange(window)[:, None]  # (T, B)
             batch = frames[stacks[steps]].flatten(2, 3).to(device)  # (T, B, stack * 3, H, W)
-            if bc["random_shift"]:
-                batch = random_shift(batch, bc["random_shift"], rng)
+            if bc.random_shift:
+                batch = random_shift(batch, bc.random_shift, rng)
             predicted, _ = policy(batch)
             loss = nn.functional.mse_loss(predicted, actions[steps].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(policy.parameters(), bc["max_grad_norm"])
+            nn.utils.clip_grad_norm_(policy.parameters(), bc.max_grad_norm)
             optimizer.step()
             schedule.step()
             epoch_loss += loss.item() / updates_per_epoch
@@ -425,7 +373,7 @@ def train_bc(config: dict[str, Any], out: Path, name: str, log: Callable[[str], 
             raise ConfigError(f"bc {name}: the loss is not finite at epoch {epoch}; last checkpoint kept")
         epoch += 1
         losses.append(epoch_loss)
-        if epoch % bc["checkpoint_every"] == 0 or epoch == bc["epochs"]:
+        if epoch % bc.checkpoint_every == 0 or epoch == bc.epochs:
             atomic_save(
                 {
                     "policy": policy.state_dict(),
@@ -441,17 +389,18 @@ def train_bc(config: dict[str, Any], out: Path, name: str, log: Callable[[str], 
     bar.close()
     info = {"model": name, "parameters": parameters, "epochs": epoch, "final_loss": losses[-1], "window": window}
     info["train_seconds"] = round(time.perf_counter() - started, 1)
-    saved = {"policy": policy.state_dict(), "spec": bc["models"][name], "actions": actions.shape[1], "info": info}
+    spec = to_dict(bc.models[name])
+    saved = {"policy": policy.state_dict(), "spec": spec, "actions": actions.shape[1], "info": info}
     atomic_save(saved, final)
     log(f"bc {name}: final loss {losses[-1]:.4f} ({parameters:,} parameters)")
     return info
 
 
-def _load_policy(config: dict[str, Any], out: Path, name: str) -> CheetahPolicy:
+def _load_policy(config: ImitationConfig, out: Path, name: str) -> CheetahPolicy:
     saved = torch.load(out / "bc" / name / "model.pt", map_location="cpu", weights_only=False)
-    env = config["env"]
+    env = config.env
     policy = CheetahPolicy(
-        3 * env["frame_stack"], env["size"], saved["actions"], saved["spec"], config["bc"]["features"]
+        3 * env.frame_stack, env.size, saved["actions"], parse(CoreConfig, saved["spec"], "spec"), config.bc.features
     )
     policy.load_state_dict(saved["policy"])
     return policy.eval()
@@ -473,12 +422,12 @@ def play(policy: CheetahPolicy, env, seed: int) -> float:
     return total
 
 
-def evaluate(config: dict[str, Any], out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate(config: ImitationConfig, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every model's return without and with joint noise (mean and std over episodes and seeds)."""
-    settings = config["evaluate"]
-    noise = settings["joint_noise"]
+    settings = config.evaluate
+    noise = settings.joint_noise
     results = {}
-    for name in config["bc"]["models"]:
+    for name in config.bc.models:
         policy = _load_policy(config, out, name)
         results[name] = {}
         for label, std in (("no noise", 0.0), (f"noise {noise:g}", noise)):
@@ -486,8 +435,8 @@ def evaluate(config: dict[str, Any], out: Path, log: Callable[[str], None] = pri
             try:
                 returns = [
                     play(policy, env, seed=1000 * seed + episode)
-                    for seed in settings["seeds"]
-                    for episode in range(settings["episodes"])
+                    for seed in settings.seeds
+                    for episode in range(settings.episodes)
                 ]
             finally:
                 env.close()
@@ -501,13 +450,13 @@ def evaluate(config: dict[str, Any], out: Path, log: Callable[[str], None] = pri
     return results
 
 
-def _table(results: dict[str, Any], meta: dict[str, Any], settings: dict[str, Any]) -> str:
+def _table(results: dict[str, Any], meta: dict[str, Any], settings: ImitationEvaluate) -> str:
     labels = list(next(iter(results.values())))
-    runs = len(settings["seeds"]) * settings["episodes"]
+    runs = len(settings.seeds) * settings.episodes
     lines = [
         f"HalfCheetah from pixels, behaviour cloning of an expert with return {meta['expert_return']:.0f} "
         f"({meta['episodes']} episodes, {meta['steps']} steps). Returns: mean +- std over {runs} episodes "
-        f"(seeds {', '.join(map(str, settings['seeds']))}).",
+        f"(seeds {', '.join(map(str, settings.seeds))}).",
         "",
         "| model | " + " | ".join(labels) + " | change under noise |",
         "|---|" + "---|" * (len(labels) + 1),
@@ -522,7 +471,7 @@ def _table(results: dict[str, Any], meta: dict[str, Any], settings: dict[str, An
 # ------------------------------------------------------------------------------------- all
 
 
-def run(config: dict[str, Any], out: Path, stages=STAGES, log: Callable[[str], None] = print) -> None:
+def run(config: ImitationConfig, out: Path, stages=STAGES, log: Callable[[str], None] = print) -> None:
     """The stages in order; finished ones are skipped."""
     out.mkdir(parents=True, exist_ok=True)
     if "expert" in stages:
@@ -530,7 +479,7 @@ def run(config: dict[str, Any], out: Path, stages=STAGES, log: Callable[[str], N
     if "collect" in stages:
         collect(config, out, log)
     if "bc" in stages:
-        for name in config["bc"]["models"]:
+        for name in config.bc.models:
             train_bc(config, out, name, log)
     if "evaluate" in stages:
         evaluate(config, out, log)

@@ -8,7 +8,7 @@ Runs are grouped by environment ("game") and label (``rims_rl.agents.runs.run_la
   evaluations, the final one's mean return); with ``source="train"`` they are ``rollout/ep_rew_mean`` rows
   of ``progress.csv`` (each already a mean over the last 100 training episodes).
 - **Per game and label.** The mean of the run scores over seeds, with a 95% percentile-bootstrap CI of that
-  mean (``rims_rl.agents.evaluate.bootstrap_ci``; one seed gives a zero-width interval).
+  mean (``rims_rl.agents.stats.mean_ci``; one seed gives a zero-width interval).
 - **Human-normalised score** (Atari games with reference scores, ``rims_rl.envs.atari_scores``):
   ``(score - random) / (human - random)``, so 0 plays like a random agent and 1 like the human reference.
   Other games and non-Atari environments get none; the report says which.
@@ -44,14 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from rims_rl.agents.compare import find_runs, learning_curve, plot_curves
-from rims_rl.agents.evaluate import bootstrap_ci
-from rims_rl.agents.runs import run_label
+
+from rims_rl.agents.compare import plot_curves
+from rims_rl.agents.config import ConfigError
+from rims_rl.agents.runs import find_runs, learning_curve, read_config, run_label
+from rims_rl.agents.stats import mean_ci
 from rims_rl.envs import env_kind, env_name
 from rims_rl.envs.atari_scores import ATARI_REFERENCE_SCORES, human_normalized
-
-from rims_rl.config import ConfigError
 
 __all__ = [
     "METRICS",
@@ -130,10 +129,11 @@ def load_run_scores(paths: Sequence[str | Path], source: str = "eval") -> tuple[
             continue
         seen.add(run_dir.resolve())
         try:
-            config = yaml.safe_load((run_dir / "config.yaml").read_text())
+            config = read_config(run_dir)
             env, atari = _environment(str(config["env"]["id"]))
-            label, seed = run_label(config), _seed(config, run_dir)
-        except (yaml.YAMLError, KeyError, TypeError, ValueError):
+            label = run_label(config["algo"], config["policy"], config["run"].get("label"))
+            seed = _seed(config, run_dir)
+        except (KeyError, TypeError, ValueError):
             notes.append(f"skipped {run_dir}: its config.yaml is not a training run's (no env.id, algo, run)")
             continue
         steps, returns = learning_curve(run_dir, source)
@@ -219,7 +219,7 @@ def _game_scores(runs: list[RunScore]) -> dict[tuple[str, str], GameScore]:
     games = {}
     for (env, label), group in sorted(grouped.items()):
         values = np.array([run.score for run in group])
-        low, high = bootstrap_ci(values)
+        low, high = mean_ci(values)
         normalized = None
         if group[0].atari and env in ATARI_REFERENCE_SCORES:
             # Normalisation is increasing and affine, so it maps the mean and the CI bounds directly.
@@ -369,6 +369,7 @@ def _log_to_wandb(
     """Log the figures and tables to one wandb run; its local folder, or None (with a warning) on any failure."""
     try:
         import wandb
+
         from rims_rl.agents.tracking import wandb_mode
 
         run = wandb.init(

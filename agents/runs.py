@@ -1,24 +1,37 @@
-"""Where a training run lives and the name it is grouped under: one definition for every runner."""
+"""Run folders: where a training run lives, the name it is grouped under, and what it has recorded.
+
+One definition for every runner, and light on purpose (YAML, CSV and numpy; no torch, no SB3):
+``compare`` and ``report`` read run folders through this module without loading any policy code.
+A run folder ``<out>/<env>/<label>/seed<N>/`` holds ``config.yaml``, ``progress.csv`` (and the earlier
+``progress.part*.csv`` of a resumed run), ``evaluations.npz``, ``checkpoints/latest.pt`` and ``model.zip``.
+"""
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import yaml
+
+from rims_rl.agents.config import ConfigError
 from rims_rl.envs import env_name
 
-__all__ = ["run_dir_for", "run_label", "run_state"]
+__all__ = ["find_runs", "learning_curve", "read_config", "run_dir_for", "run_label", "run_state"]
 
 
-def run_label(config: dict[str, Any]) -> str:
+def run_label(algo: str, policy: str, label: str | None) -> str:
     """The name a run is grouped under in folders, plots and wandb: ``run.label``, else ``<algo>-<policy>``."""
-    return config["run"].get("label") or f"{config['algo']}-{config['policy']}"
+    return label or f"{algo}-{policy}"
 
 
-def run_dir_for(config: dict[str, Any]) -> Path:
-    """``<out>/<env>/<label>/seed<N>``, the label being ``<algo>-<policy>`` unless ``run.label`` names it."""
-    run = config["run"]
-    return Path(run["out"]) / env_name(config["env"]["id"]) / run_label(config) / f"seed{run['seed']}"
+def run_dir_for(config) -> Path:
+    """``<out>/<env>/<label>/seed<N>`` of a :class:`~rims_rl.agents.config.TrainConfig`."""
+    run = config.run
+    label = run_label(config.algo, config.policy, run.label)
+    return Path(run.out) / env_name(config.env.id) / label / f"seed{run.seed}"
 
 
 def run_state(run_dir: str | Path) -> str:
@@ -28,3 +41,52 @@ def run_state(run_dir: str | Path) -> str:
     if (run_dir / "model.zip").is_file():
         return "done"
     return "resume" if (run_dir / "checkpoints" / "latest.pt").is_file() else "train"
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run folders (holding config.yaml) given directly or anywhere below the given folders."""
+    runs = []
+    paths = list(paths)
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ConfigError(f"no such run folder: {path}")
+        found = [path] if (path / "config.yaml").is_file() else sorted(p.parent for p in path.rglob("config.yaml"))
+        runs.extend(found)
+    if not runs:
+        raise ConfigError("no run folders (with config.yaml) found in " + ", ".join(map(str, paths)))
+    return runs
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """A run folder's ``config.yaml`` as plain data (not checked: reading a record needs no schema)."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read {run_dir / 'config.yaml'}: {error}") from None
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{run_dir / 'config.yaml'} is not a mapping")
+    return dict(config)
+
+
+def learning_curve(run_dir: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, returns) of one run: training episodes (``rollout/ep_rew_mean`` in progress.csv, each a
+    mean over SB3's last 100 episodes) or periodic evaluations (evaluations.npz, mean over episodes)."""
+    if source == "eval":
+        path = run_dir / "evaluations.npz"
+        if not path.is_file():
+            return np.empty(0), np.empty(0)
+        with np.load(path) as data:
+            return data["timesteps"].astype(float), data["results"].mean(axis=1)
+    steps, returns = [], []
+    # A resumed run keeps its earlier log parts beside progress.csv (see agents.train).
+    for path in [*sorted(run_dir.glob("progress.part*.csv")), run_dir / "progress.csv"]:
+        if not path.is_file():
+            continue
+        with path.open() as handle:
+            for row in csv.DictReader(handle):
+                step, value = row.get("time/total_timesteps"), row.get("rollout/ep_rew_mean")
+                if step not in (None, "") and value not in (None, ""):
+                    steps.append(float(step))
+                    returns.append(float(value))
+    order = np.argsort(steps, kind="stable")
+    return np.asarray(steps)[order], np.asarray(returns)[order]

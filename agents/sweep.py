@@ -17,7 +17,8 @@ lists only what the sweep changes in it::
 
 Runs are the product grid x variants, in file order (variants innermost). A run's training config is
 the base config with, in order: ``overrides``, its grid values, its variant's overrides, the command
-line's ``--set``, then ``run.out``, ``run.label`` (the variant name) and ``--device``. A key may be set
+line's overrides (``--set``, and ``--device`` as ``run.device``), then ``run.out`` and ``run.label`` (the
+variant name). A key may be set
 by only one of ``overrides``, ``grid`` and the variants (``--set`` may override anything except
 ``run.out`` and ``run.label``, which the sweep owns). Everything is checked before any run starts: the
 file's keys and types, and every expanded config through ``resolve_config``; two runs that would share
@@ -59,23 +60,20 @@ import csv
 import itertools
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from rims_rl.agents.config import ConfigError, SweepConfig, load, resolve_path, to_dict
 from rims_rl.agents.runs import run_dir_for, run_state
-
-from rims_rl.config import ConfigError, resolve_config_path
 
 __all__ = [
     "Sweep",
@@ -88,11 +86,8 @@ __all__ = [
     "run_sweep",
 ]
 
-SWEEP_KEYS = ("config", "out", "grid", "variants", "overrides", "workers", "gpus_per_run")
-REQUIRED_KEYS = ("config", "out", "grid")
 # The sweep decides these for every run: the output root and, through the variant's name, the label.
 RESERVED_KEYS = ("run.out", "run.label")
-LABEL_PATTERN = r"[A-Za-z0-9_.+-]+"  # what check_config accepts as run.label
 LOG_NAME = "sweep.log"
 # Ray backend: created in the sweep's out by an interrupted driver; every task then stops its run.
 STOP_NAME = "sweep.stop"
@@ -135,105 +130,34 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _override(key: str, value: Any) -> str:
-    # JSON is valid YAML, and load_config parses override values as YAML: values keep their types.
-    return f"{key}={json.dumps(value)}"
-
-
-def _mapping(where: str, value: Any, *, allow_none: bool = False) -> dict:
-    if value is None and allow_none:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping of config keys to values, got {value!r}")
-    for key in value:
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"{where}: keys must be config keys such as env.id, got {key!r}")
-    return value
-
-
-def _split_set(items: Iterable[str]) -> list[tuple[str, str]]:
-    pairs = []
-    for item in items:
-        key, sep, _ = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        pairs.append((key, item))
-    return pairs
-
-
 def load_sweep(
-    path: str | Path,
-    overrides: Sequence[str] = (),
+    path: str | Path | Mapping[str, Any],
+    overrides: Sequence[tuple[str, Any]] = (),
     *,
     out: str | Path | None = None,
-    device: str | None = None,
     workers: int | None = None,
 ) -> Sweep:
     """Read, check and expand a sweep file; raises ``ConfigError`` (one line) before anything runs.
 
     Args:
-        path: the sweep YAML, a file or a packaged name such as ``sweeps/atari_rims_vs_lstm.yaml``.
-        overrides: ``key=value`` strings applied to every run's training config after the sweep's own.
+        path: the sweep YAML, a file or a packaged name such as ``sweeps/atari_rims_vs_lstm.yaml``, or
+            its contents as a mapping.
+        overrides: ``(key, value)`` pairs applied to every run's training config after the sweep's own
+            (the command line's ``--set``, and ``--device`` as ``run.device``).
         out: replaces the file's ``out``.
-        device: ``auto``, ``cpu`` or ``cuda``: every run's ``run.device``.
         workers: replaces the file's ``workers`` (local backend).
     """
-    file = resolve_config_path(path)
-    try:
-        spec = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as error:
-        first = str(error).strip().splitlines()[0]
-        raise ConfigError(f"{file}: not valid YAML: {first}") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{file}: a sweep file is a mapping with keys {', '.join(SWEEP_KEYS)}")
-    unknown = sorted(set(spec) - set(SWEEP_KEYS), key=str)
-    if unknown:
-        raise ConfigError(f"{file}: unknown sweep keys {', '.join(map(str, unknown))}; known: {', '.join(SWEEP_KEYS)}")
-    missing = [key for key in REQUIRED_KEYS if key not in spec and not (key == "out" and out is not None)]
-    if missing:
-        raise ConfigError(f"{file}: the sweep lacks {', '.join(missing)}")
-
-    base = spec["config"]
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{file}: config must name a training config file, got {base!r}")
-    root = str(out) if out is not None else spec["out"]
-    if not isinstance(root, str) or not root:
-        raise ConfigError(f"{file}: out must be a folder path, got {root!r}")
-
-    grid = _mapping(f"{file}: grid", spec["grid"])
-    if not grid:
-        raise ConfigError(f"{file}: grid is empty; give at least one config key and its values, e.g. run.seed: [0]")
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{file}: grid.{key} must be a non-empty list of values, got {values!r}")
-    if "variants" in spec:
-        variants_spec = spec["variants"]
-        if not isinstance(variants_spec, dict):
-            raise ConfigError(f"{file}: variants must map variant names to overrides, got {variants_spec!r}")
-        if not variants_spec:
-            raise ConfigError(f"{file}: variants is empty; leave it out for a single unnamed variant")
-        variants: dict[str, dict[str, Any]] = {}
-        for name, settings in variants_spec.items():
-            if not isinstance(name, str) or not re.fullmatch(LABEL_PATTERN, name):
-                raise ConfigError(f"{file}: variant name {name!r} names run folders: use letters, digits and _.+- only")
-            variants[name] = _mapping(f"{file}: variants.{name}", settings, allow_none=True)
-    else:
-        variants = {}
-    common = _mapping(f"{file}: overrides", spec.get("overrides"), allow_none=True)
-
-    workers = spec.get("workers") if workers is None else workers
-    if workers is None:
-        workers = _cpu_count()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"{file}: workers must be a positive integer or null (one per CPU core), got {workers!r}")
-    gpus = spec.get("gpus_per_run", 1)
-    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not gpus > 0:
-        raise ConfigError(f"{file}: gpus_per_run must be a positive number (a fraction shares a GPU), got {gpus!r}")
+    file = path if isinstance(path, Mapping) else resolve_path(path)
+    choices = [("out", str(out))] if out is not None else []
+    choices += [("workers", workers)] if workers is not None else []
+    spec = load(SweepConfig, file, choices)
+    file = "sweep" if isinstance(path, Mapping) else file
+    variants = {name: settings or {} for name, settings in (spec.variants or {}).items()}
+    common = spec.overrides or {}
 
     # Each key in one place: a grid key also set by a variant or by overrides would be ambiguous.
-    cli_set = _split_set(overrides)
     owners: dict[str, str] = {}
-    sources = [("overrides", common), ("grid", grid)] + [(f"variants.{n}", s) for n, s in variants.items()]
+    sources = [("overrides", common), ("grid", spec.grid)] + [(f"variants.{n}", v) for n, v in variants.items()]
     for source, settings in sources:
         for key in settings:
             if key in RESERVED_KEYS:
@@ -242,7 +166,7 @@ def load_sweep(
             if other is not None and not (other.startswith("variants.") and source.startswith("variants.")):
                 raise ConfigError(f"{file}: {key} is set by both {other} and {source}; set it in one place")
             owners[key] = source
-    for key, _ in cli_set:
+    for key, _ in overrides:
         if key in RESERVED_KEYS:
             raise ConfigError(f"--set {key}: the sweep sets it (use --out, or name variants in the sweep file)")
 
@@ -251,23 +175,21 @@ def load_sweep(
     cwd = os.getcwd()
     runs: list[SweepRun] = []
     folders: dict[Path, str] = {}
-    common_items = [_override(k, v) for k, v in common.items()]
-    for values in itertools.product(*grid.values()):
-        point = dict(zip(grid, values, strict=True))
+    for values in itertools.product(*spec.grid.values()):
+        point = dict(zip(spec.grid, values, strict=True))
         for variant in variants or [None]:
             settings = {**point, **({"variant": variant} if variant is not None else {})}
             items = [
-                *common_items,
-                *(_override(k, v) for k, v in point.items()),
-                *(_override(k, v) for k, v in (variants[variant] if variant is not None else {}).items()),
-                *(item for _, item in cli_set),
-                _override("run.out", root),
-                *([_override("run.label", variant)] if variant is not None else []),
-                *([_override("run.device", device)] if device is not None else []),
+                *common.items(),
+                *point.items(),
+                *(variants[variant].items() if variant is not None else ()),
+                *overrides,
+                ("run.out", spec.out),
+                *([("run.label", variant)] if variant is not None else []),
             ]
             described = ", ".join(f"{k}={v}" for k, v in settings.items())
             try:
-                config = resolve_config(base, items)
+                config = resolve_config(spec.config, items)
             except ConfigError as error:
                 raise ConfigError(f"{file}: run {described}: {error}") from None
             folder = run_dir_for(config)
@@ -279,15 +201,21 @@ def load_sweep(
             folders[folder] = described
             runs.append(
                 SweepRun(
-                    name=folder.relative_to(root).as_posix(),
+                    name=folder.relative_to(spec.out).as_posix(),
                     run_dir=os.path.abspath(folder),
-                    config=config,
+                    config=to_dict(config),
                     settings=settings,
                     cwd=cwd,
                 )
             )
     return Sweep(
-        path=str(file), out=root, runs=runs, grid=grid, variants=variants, workers=workers, gpus_per_run=float(gpus)
+        path=str(file),
+        out=spec.out,
+        runs=runs,
+        grid=spec.grid,
+        variants=variants,
+        workers=spec.workers or _cpu_count(),
+        gpus_per_run=spec.gpus_per_run or 1.0,
     )
 
 
@@ -421,9 +349,10 @@ def _child_main() -> int:
     payload = json.loads(sys.stdin.read())
     _stop_with_parent(payload["parent"])
     try:
-        from rims_rl.agents.train import ensure_run  # inside: Ctrl-C during the imports is an interruption too
+        # inside: Ctrl-C during the imports is an interruption too
+        from rims_rl.agents.train import ensure_run, resolve_config
 
-        status = ensure_run(payload["config"], payload["run_dir"])
+        status = ensure_run(resolve_config(payload["config"]), payload["run_dir"])
     except KeyboardInterrupt as error:
         print(f"{RESULT_MARK}interrupted: {error or 'stopped; the last checkpoint is kept'}", flush=True)
         return 130

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stable_baselines3.common.callbacks import BaseCallback
+
+from rims_rl.agents.config import TrainConfig, to_dict
 from rims_rl.agents.runs import run_label
 from rims_rl.envs import env_name
-from stable_baselines3.common.callbacks import BaseCallback
 
 __all__ = ["Tracking", "start_tracking", "wandb_mode"]
 
@@ -50,17 +52,18 @@ class Tracking:
             warnings.warn(f"wandb: could not finish the run cleanly: {error}", stacklevel=2)
 
 
-def start_tracking(config: dict[str, Any], run_dir: Path) -> Tracking | None:
+def start_tracking(config: TrainConfig, run_dir: Path) -> Tracking | None:
     """Open a wandb run for this training run, or warn and return None if wandb cannot start."""
     try:
         import wandb
         from wandb.integration.sb3 import WandbCallback
 
+        label = run_label(config.algo, config.policy, config.run.label)
         run = wandb.init(
-            project=config["run"]["wandb_project"],
-            group=env_name(config["env"]["id"]),
-            name=f"{run_label(config)}-seed{config['run']['seed']}",
-            config=config,
+            project=config.run.wandb_project,
+            group=env_name(config.env.id),
+            name=f"{label}-seed{config.run.seed}",
+            config=to_dict(config),
             dir=str(run_dir),
             mode=wandb_mode(),
             sync_tensorboard=True,

@@ -1,7 +1,7 @@
 """Train a recurrent PPO or A2C agent from a YAML config: the whole run, top to bottom.
 
-1. ``resolve_config``: the YAML file, command-line choices and ``--set`` overrides, checked in full
-   before any environment starts.
+1. ``resolve_config``: the YAML file and the overrides (``--set`` and the command line's choices), checked
+   in full by the config schema (:class:`rims_rl.agents.config.TrainConfig`) before any environment starts.
 2. ``train``: run folder ``<out>/<env>/<algo>-<policy>/seed<N>/`` with the resolved config, CSV and
    TensorBoard logs, periodic evaluations (``evaluations.npz``), atomic checkpoints
    (``checkpoints/latest.pt``) and the final model (``model.zip``); optional wandb tracking.
@@ -13,11 +13,9 @@ message and leaves the last good checkpoint in place.
 
 from __future__ import annotations
 
-import inspect
 import io
 import pickle
 import random
-import re
 import signal
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,30 +25,27 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
-from rims_rl.agents.runs import run_dir_for, run_label, run_state
-from rims_rl.agents.tracking import start_tracking
-from rims_rl.envs import check_env_settings, make_env
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.vec_env import VecNormalize
 
-from rims_rl.config import ConfigError, load_config
+from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
+from rims_rl.agents.config import ConfigError, TrainConfig, load, to_dict
+from rims_rl.agents.runs import run_dir_for, run_state
+from rims_rl.agents.tracking import start_tracking
+from rims_rl.envs import make_env
 from rims_rl.extractors import MiniGridExtractor
 from rims_rl.policies import LstmPolicy, RimsPolicy
-from rims_rl.rims import RIMs
 from rims_rl.utils import atomic_save, resolve_device
 
 __all__ = [
     "TrainingDiverged",
     "build_model",
     "ensure_run",
-    "parse_schedule",
     "resolve_config",
     "resume",
-    "run_dir_for",
-    "run_label",
+    "schedule",
     "train",
 ]
 
@@ -62,25 +57,6 @@ EXTRACTORS = {
     "combined": CombinedExtractor,
     "minigrid": MiniGridExtractor,
 }
-TOP_KEYS = {"env", "algo", "total_steps", "ppo", "a2c", "policy", "policy_kwargs", "rims", "lstm", "run"}
-RUN_KEYS = {
-    "seed",
-    "device",
-    "out",
-    "checkpoint_every",
-    "eval_every",
-    "eval_episodes",
-    "eval_deterministic",
-    "progress",
-    "track",
-    "wandb_project",
-    "label",
-    "init_from",
-}
-POLICY_KEYS = {"critic_core", "features_extractor", "net_arch", "ortho_init"}
-# Sections whose keys are keyword arguments of a class that checks them: --set may add keys there.
-OPEN_SECTIONS = ("ppo", "a2c", "rims", "lstm", "policy_kwargs", "env")
-SCHEDULED = ("learning_rate", "clip_range")
 
 
 class TrainingDiverged(RuntimeError):
@@ -90,132 +66,22 @@ class TrainingDiverged(RuntimeError):
 # ------------------------------------------------------------------------------------- config
 
 
-def resolve_config(
-    path: str | Path,
-    overrides: Iterable[str] = (),
-    *,
-    env: str | None = None,
-    algo: str | None = None,
-    policy: str | None = None,
-    seed: int | None = None,
-    total_steps: int | None = None,
-    device: str | None = None,
-    track: bool | None = None,
-) -> dict[str, Any]:
-    """The config file with command-line choices applied, checked in full. Raises ``ConfigError``."""
-    choices = {
-        "env.id": env,
-        "algo": algo,
-        "policy": policy,
-        "run.seed": seed,
-        "total_steps": total_steps,
-        "run.device": device,
-        "run.track": track,
-    }
-    flags = [f"{key}={value}" for key, value in choices.items() if value is not None]
-    config = load_config(path, [*flags, *overrides], open_sections=OPEN_SECTIONS)
-    check_config(config)
+def resolve_config(source, overrides: Iterable[tuple[str, Any]] = ()) -> TrainConfig:
+    """The training config of a YAML file (or mapping) with ``(key, value)`` overrides, checked in full
+    (including the device). Raises ``ConfigError``."""
+    config = load(TrainConfig, source, overrides)
+    try:
+        resolve_device(config.run.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return config
 
 
-def _kwargs_of(cls: type) -> dict[str, inspect.Parameter]:
-    return dict(inspect.signature(cls.__init__).parameters)
-
-
-def _check_kwargs(section: str, values: dict, cls: type, skip: Iterable[str] = ()) -> None:
-    reserved = {"self", "policy", "env", "seed", "device", "policy_kwargs", "verbose", "tensorboard_log"}
-    reserved |= {"_init_setup_model", *skip}
-    allowed = {name: p for name, p in _kwargs_of(cls).items() if name not in reserved and p.kind != p.VAR_KEYWORD}
-    for key, value in values.items():
-        if key not in allowed:
-            raise ConfigError(f"unknown config key '{section}.{key}' for {cls.__name__}")
-        default = allowed[key].default
-        if key in SCHEDULED and isinstance(value, str):
-            parse_schedule(section, key, value)
-        elif isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"{section}.{key} must be true or false, got {value!r}")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{section}.{key} must be a number, got {value!r}")
-            if isinstance(default, int) and not isinstance(value, int):
-                raise ConfigError(f"{section}.{key} must be an integer, got {value!r}")
-
-
-def check_config(config: dict[str, Any]) -> None:
-    """Every key known, every type right, every choice possible: before environments start."""
-    unknown = set(config) - TOP_KEYS
-    if unknown:
-        raise ConfigError(f"unknown config keys {', '.join(sorted(unknown))}; known: {', '.join(sorted(TOP_KEYS))}")
-    missing = {"env", "algo", "total_steps", "policy", "policy_kwargs", "run"} - set(config)
-    if missing:
-        raise ConfigError(f"config lacks {', '.join(sorted(missing))}")
-    if config["algo"] not in ALGORITHMS:
-        raise ConfigError(f"algo must be one of {', '.join(ALGORITHMS)}, got {config['algo']!r}")
-    if config["policy"] not in POLICIES:
-        raise ConfigError(f"policy must be one of {', '.join(POLICIES)}, got {config['policy']!r}")
-    for section in (config["algo"], config["policy"]):
-        if not isinstance(config.get(section), dict):
-            raise ConfigError(f"config section '{section}' is missing or not a mapping")
-    total = config["total_steps"]
-    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
-        raise ConfigError(f"total_steps must be a positive integer, got {total!r}")
-
-    env = config["env"]
-    if not isinstance(env, dict) or "id" not in env or "n_envs" not in env:
-        raise ConfigError("config section 'env' must set id and n_envs")
-    try:
-        check_env_settings(env)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    if isinstance(env["n_envs"], bool) or not isinstance(env["n_envs"], int) or env["n_envs"] < 1:
-        raise ConfigError(f"env.n_envs must be a positive integer, got {env['n_envs']!r}")
-
-    run = config["run"]
-    if not isinstance(run, dict) or set(run) != RUN_KEYS:
-        have = set(run) if isinstance(run, dict) else set()
-        problems = [f"unknown run.{k}" for k in sorted(have - RUN_KEYS)]
-        problems += [f"missing run.{k}" for k in sorted(RUN_KEYS - have)]
-        raise ConfigError(f"config section 'run': {', '.join(problems)}")
-    for key in ("seed", "checkpoint_every", "eval_every", "eval_episodes"):
-        if isinstance(run[key], bool) or not isinstance(run[key], int) or run[key] < 0:
-            raise ConfigError(f"run.{key} must be a non-negative integer, got {run[key]!r}")
-    try:
-        resolve_device(str(run["device"]))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    label = run["label"]
-    if label is not None and (not isinstance(label, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", label)):
-        raise ConfigError(f"run.label must be null or a name of letters, digits and _.+- only, got {label!r}")
-    if run["init_from"] is not None and not isinstance(run["init_from"], str):
-        raise ConfigError(f"run.init_from must be null or a model.zip or run folder path, got {run['init_from']!r}")
-
-    algo_class = ALGORITHMS[config["algo"]]
-    _check_kwargs(config["algo"], config[config["algo"]], algo_class)
-    policy_kwargs = config["policy_kwargs"]
-    unknown = set(policy_kwargs) - POLICY_KEYS
-    if unknown:
-        raise ConfigError(f"unknown config keys policy_kwargs.{', policy_kwargs.'.join(sorted(unknown))}")
-    if policy_kwargs.get("features_extractor", "flatten") not in EXTRACTORS:
-        raise ConfigError(f"policy_kwargs.features_extractor must be one of {', '.join(EXTRACTORS)}")
-    if config["policy"] == "rims":
-        _check_kwargs("rims", config["rims"], RIMs, skip=("input_size", "device", "dtype"))
-        try:
-            RIMs(1, **config["rims"])
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"rims: {error}") from None
-    else:
-        _check_kwargs("lstm", config["lstm"], LstmPolicy, skip=("observation_space", "action_space", "lr_schedule"))
-
-
-def parse_schedule(section: str, key: str, value: Any):
-    """A number, or ``lin_X``: linear decay from X to 0 over training (rl-zoo's notation)."""
+def schedule(value: float | str):
+    """A number, or ``lin_X``: linear decay from X to 0 over training (rl-zoo's notation); the config
+    schema has checked the form."""
     if isinstance(value, str):
-        if not value.startswith("lin_"):
-            raise ConfigError(f"{section}.{key} must be a number or lin_<number>, got {value!r}")
-        try:
-            start = float(value[4:])
-        except ValueError:
-            raise ConfigError(f"{section}.{key} must be a number or lin_<number>, got {value!r}") from None
+        start = float(value[4:])
         return lambda progress_remaining: progress_remaining * start
     return value
 
@@ -248,22 +114,21 @@ def init_weights(model, path: str | Path) -> None:
 # ------------------------------------------------------------------------------------- model
 
 
-def build_model(config: dict[str, Any], env, device: torch.device):
+def build_model(config: TrainConfig, env, device: torch.device):
     """The algorithm object with the configured policy, on ``env``."""
-    algo_class = ALGORITHMS[config["algo"]]
-    hyper = {key: parse_schedule(config["algo"], key, value) for key, value in config[config["algo"]].items()}
-    settings = dict(config["policy_kwargs"])
-    extractor = EXTRACTORS[settings.pop("features_extractor", "flatten")]
+    hyper = {key: schedule(value) for key, value in to_dict(config.hyperparameters).items() if value is not None}
+    settings = to_dict(config.policy_kwargs)
+    extractor = EXTRACTORS[settings.pop("features_extractor")]
     policy_kwargs = {**settings, "features_extractor_class": extractor}
-    if config["policy"] == "rims":
-        policy_kwargs["rims_kwargs"] = dict(config["rims"])
+    if config.policy == "rims":
+        policy_kwargs["rims_kwargs"] = config.rims.kwargs()
     else:
-        policy_kwargs.update(config["lstm"])
-    return algo_class(
-        POLICIES[config["policy"]],
+        policy_kwargs["lstm_hidden_size"] = config.lstm.lstm_hidden_size
+    return ALGORITHMS[config.algo](
+        POLICIES[config.policy],
         env,
         policy_kwargs=policy_kwargs,
-        seed=config["run"]["seed"],
+        seed=config.run.seed,
         device=device,
         verbose=0,
         **hyper,
@@ -372,51 +237,51 @@ def stop_on_signals(stopper: CheckpointAndStop) -> Iterator[None]:
 # ------------------------------------------------------------------------------------- runs
 
 
-def train(config: dict[str, Any], run_dir: Path | None = None, resume_from: dict | None = None) -> dict[str, Any]:
+def train(config: TrainConfig, run_dir: Path | None = None, resume_from: dict | None = None) -> dict[str, Any]:
     """Train as ``config`` says, from scratch or from a loaded checkpoint (``resume_from``).
 
     Returns a summary; raises ``TrainingDiverged`` on NaN.
     """
-    run = config["run"]
-    device = resolve_device(str(run["device"]))
+    run = config.run
+    device = resolve_device(run.device)
     run_dir = Path(run_dir or run_dir_for(config))
     checkpoint = run_dir / "checkpoints" / "latest.pt"
     if resume_from is None and checkpoint.exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another seed")
-    if resume_from is None and run["init_from"] is not None:
-        _model_file(run["init_from"])  # fails before any environment starts
+    if resume_from is None and run.init_from is not None:
+        _model_file(run.init_from)  # fails before any environment starts
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
-    env = make_env(config["env"], seed=run["seed"])
+    env = make_env(config.env.settings(), seed=run.seed)
     eval_env = None
     try:
         if resume_from is not None:
-            model = ALGORITHMS[config["algo"]].load(io.BytesIO(resume_from["model"]), env=env, device=device)
+            model = ALGORITHMS[config.algo].load(io.BytesIO(resume_from["model"]), env=env, device=device)
             set_rng_state(resume_from["rng"])
         else:
             model = build_model(config, env, device)
-            if run["init_from"] is not None:
-                init_weights(model, run["init_from"])
-        tracking = start_tracking(config, run_dir) if run["track"] else None
+            if run.init_from is not None:
+                init_weights(model, run.init_from)
+        tracking = start_tracking(config, run_dir) if run.track else None
         if resume_from is not None and (run_dir / "progress.csv").exists():
             # SB3's CSV logger truncates progress.csv: keep the earlier part beside it.
             parts = len(list(run_dir.glob("progress.part*.csv")))
             (run_dir / "progress.csv").rename(run_dir / f"progress.part{parts}.csv")
         model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
 
-        stopper = CheckpointAndStop(checkpoint, run["checkpoint_every"])
+        stopper = CheckpointAndStop(checkpoint, run.checkpoint_every)
         callbacks: list[BaseCallback] = [stopper]
-        if run["eval_every"] and run["eval_episodes"]:
+        if run.eval_every and run.eval_episodes:
             eval_env = make_env(
-                config["env"], seed=run["seed"] + 10_000, evaluation=True, n_envs=min(run["eval_episodes"], 8)
+                config.env.settings(), seed=run.seed + 10_000, evaluation=True, n_envs=min(run.eval_episodes, 8)
             )
             evaluator = EvalCallback(
                 eval_env,
-                n_eval_episodes=run["eval_episodes"],
-                eval_freq=max(run["eval_every"] // env.num_envs, 1),
+                n_eval_episodes=run.eval_episodes,
+                eval_freq=max(run.eval_every // env.num_envs, 1),
                 log_path=str(run_dir),
-                deterministic=run["eval_deterministic"],
+                deterministic=run.eval_deterministic,
                 verbose=0,
                 warn=False,  # our Atari envs report full-game scores without SB3's Monitor
             )
@@ -434,9 +299,9 @@ def train(config: dict[str, Any], run_dir: Path | None = None, resume_from: dict
         try:
             with stop_on_signals(stopper):
                 model.learn(
-                    total_timesteps=max(config["total_steps"] - model.num_timesteps, 0),
+                    total_timesteps=max(config.total_steps - model.num_timesteps, 0),
                     callback=CallbackList(callbacks),
-                    progress_bar=run["progress"],
+                    progress_bar=run.progress,
                     reset_num_timesteps=resume_from is None,
                 )
         finally:
@@ -471,19 +336,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read checkpoint {path}: {error}") from None
 
 
-def resume(run_dir: str | Path, total_steps: int | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from ``checkpoints/latest.pt`` up to its (or a new) total."""
+def resume(run_dir: str | Path, overrides: Iterable[tuple[str, Any]] = ()) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from ``checkpoints/latest.pt``, with its saved config and
+    ``overrides`` (such as a new ``total_steps``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
     saved = load_checkpoint(run_dir / "checkpoints" / "latest.pt")  # before any environment starts
-    flags = [f"total_steps={total_steps}"] if total_steps is not None else []
-    config = load_config(run_dir / "config.yaml", [*flags, *overrides], open_sections=OPEN_SECTIONS)
-    check_config(config)
+    config = resolve_config(run_dir / "config.yaml", overrides)
     return train(config, run_dir=run_dir, resume_from=saved)
 
 
-def ensure_run(config: dict[str, Any], run_dir: str | Path | None = None) -> str:
+def ensure_run(config: TrainConfig, run_dir: str | Path | None = None) -> str:
     """Bring the run to completion, whatever state it is in: ``"done"`` if it has its final model
     already, ``"resumed"`` if it continued from its checkpoint, ``"trained"`` if it started afresh.
 
@@ -494,7 +358,7 @@ def ensure_run(config: dict[str, Any], run_dir: str | Path | None = None) -> str
     if state == "done":
         return "done"
     if state == "resume":
-        summary = resume(run_dir, total_steps=config["total_steps"])
+        summary = resume(run_dir, [("total_steps", config.total_steps)])
         status = "resumed"
     else:
         summary = train(config, run_dir)

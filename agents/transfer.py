@@ -31,111 +31,81 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rims_rl.agents.compare import learning_curve
-from rims_rl.agents.runs import run_dir_for
+
+from rims_rl.agents.config import ConfigError, TransferConfig, load
+from rims_rl.agents.runs import learning_curve, run_dir_for
 from rims_rl.agents.train import ensure_run, resolve_config
 from rims_rl.envs import env_kind, env_name
-
-from rims_rl.config import ConfigError, load_config
 
 __all__ = ["STAGES", "load_transfer_config", "plan_transfer", "run_transfer", "transfer_score"]
 
 STAGES = ("pretrain", "transfer", "scratch")
-KEYS = {"config", "sources", "targets", "source_steps", "target_steps", "seeds", "policies", "set"}
 
 
 def load_transfer_config(
-    path: str | Path = "atari/transfer.yaml",
-    overrides: Sequence[str] = (),
-    training_overrides: Sequence[str] = (),
-    **choices: Any,
-) -> dict[str, Any]:
-    """The transfer experiment's YAML, checked (games, budgets, keys).
-
-    ``overrides`` are ``key=value`` strings for this file; ``training_overrides`` extend its ``set``
-    list (training-config overrides for every stage); ``choices`` (``sources=[...]``, ``seeds=[...]``,
-    ...) replace top-level values where not None, as the command line's flags do.
-    """
-    config = load_config(path, overrides)
-    config.update({key: value for key, value in choices.items() if value is not None})
-    if isinstance(config.get("set"), list):
-        config["set"] = [*config["set"], *training_overrides]
-    unknown, missing = set(config) - KEYS, KEYS - set(config)
-    if unknown or missing:
-        raise ConfigError(f"transfer config: unknown keys {sorted(unknown)}, missing {sorted(missing)}")
-    for key in ("sources", "targets", "seeds", "policies", "set"):
-        if not isinstance(config[key], list) or (key != "set" and not config[key]):
-            raise ConfigError(f"transfer config: {key} must be a non-empty list")
-    for key in ("source_steps", "target_steps"):
-        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
-            raise ConfigError(f"transfer config: {key} must be a positive integer, got {config[key]!r}")
-    for game in [*config["sources"], *config["targets"]]:
+    path: str | Path = "atari/transfer.yaml", overrides: Sequence[tuple[str, Any]] = ()
+) -> TransferConfig:
+    """The transfer experiment's YAML with ``(key, value)`` overrides (the command line's ``--sources``,
+    ``--seeds``, ...), checked: keys and types by the schema, then the games (Atari, none twice, none
+    both source and target)."""
+    config = load(TransferConfig, path, overrides)
+    for game in [*config.sources, *config.targets]:
         try:
-            kind = env_kind(str(game))
+            kind = env_kind(game)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         if kind != "atari":
             raise ConfigError(f"transfer runs on Atari games; {game!r} is a {kind} environment")
     for key in ("sources", "targets"):
-        names = [env_name(g) for g in config[key]]
+        names = [env_name(g) for g in getattr(config, key)]
         if len(set(names)) != len(names):
             raise ConfigError(f"transfer config: {key} names a game twice")
-    overlap = {env_name(g) for g in config["sources"]} & {env_name(g) for g in config["targets"]}
+    overlap = {env_name(g) for g in config.sources} & {env_name(g) for g in config.targets}
     if overlap:
         raise ConfigError(f"games both source and target: {', '.join(sorted(overlap))}")
     return config
 
 
-def plan_transfer(config: dict[str, Any], out: str | Path, device: str | None = None) -> list[dict[str, Any]]:
+def plan_transfer(
+    config: TransferConfig, out: str | Path, training_overrides: Sequence[tuple[str, Any]] = ()
+) -> list[dict[str, Any]]:
     """Every run of the experiment as a checked training config, in the order they must run.
 
-    Each entry: ``{"policy", "seed", "stage", "game", "config"}``. All configs are resolved (and so
-    checked) here, before anything trains.
+    Each entry: ``{"policy", "seed", "stage", "game", "config"}``. ``training_overrides`` (the command
+    line's ``--set`` and ``--device``) apply to every stage after the file's ``overrides``. All configs
+    are resolved (and so checked) here, before anything trains.
     """
     runs_root = Path(out) / "runs"
-    algo = load_config(config["config"], config["set"])["algo"]  # names the folders: <algo>-<policy>-<stage>
+    common = [*config.overrides.items(), *training_overrides]
+    algo = resolve_config(config.config, common).algo  # names the folders: <algo>-<policy>-<stage>
     plan = []
-    for policy in config["policies"]:
-        for seed in config["seeds"]:
+
+    def stage(name: str, game: str, policy: str, seed: int, steps: int, init_from: Path | None):
+        """One run's training config: the experiment's settings, the full action set, its folder label."""
+        overrides = [
+            *common,
+            ("env.id", game),
+            ("env.full_action_space", True),
+            ("policy", policy),
+            ("run.seed", seed),
+            ("total_steps", steps),
+            ("run.out", str(runs_root)),
+            ("run.label", f"{algo}-{policy}-{name}"),
+            ("run.init_from", None if init_from is None else str(init_from)),
+        ]
+        resolved = resolve_config(config.config, overrides)
+        plan.append({"policy": policy, "seed": seed, "stage": name, "game": env_name(game), "config": resolved})
+        return resolved
+
+    for policy in config.policies:
+        for seed in config.seeds:
             previous = None
-            for game in config["sources"]:
-                label = f"{algo}-{policy}-pretrain"
-                resolved = _stage(
-                    config, runs_root, label, game, policy, seed, config["source_steps"], previous, device
-                )
-                plan.append(
-                    {"policy": policy, "seed": seed, "stage": "pretrain", "game": env_name(game), "config": resolved}
-                )
-                previous = run_dir_for(resolved)
-            for game in config["targets"]:
-                for stage, init_from in (("transfer", previous), ("scratch", None)):
-                    label = f"{algo}-{policy}-{stage}"
-                    steps = config["target_steps"]
-                    resolved = _stage(config, runs_root, label, game, policy, seed, steps, init_from, device)
-                    plan.append(
-                        {"policy": policy, "seed": seed, "stage": stage, "game": env_name(game), "config": resolved}
-                    )
+            for game in config.sources:
+                previous = run_dir_for(stage("pretrain", game, policy, seed, config.source_steps, previous))
+            for game in config.targets:
+                stage("transfer", game, policy, seed, config.target_steps, previous)
+                stage("scratch", game, policy, seed, config.target_steps, None)
     return plan
-
-
-def _stage(
-    config: dict[str, Any],
-    runs_root: Path,
-    label: str,
-    game: str,
-    policy: str,
-    seed: int,
-    steps: int,
-    init_from: Path | None,
-    device: str | None,
-) -> dict[str, Any]:
-    """One run's training config: the experiment's settings, the full action set, its folder label."""
-    overrides = [*config["set"], "env.full_action_space=true", f"run.out={runs_root}", f"run.label={label}"]
-    if init_from is not None:
-        overrides.append(f"run.init_from={init_from}")
-    return resolve_config(
-        config["config"], overrides, env=game, policy=policy, seed=seed, total_steps=steps, device=device
-    )
 
 
 def _area(run_dir: Path) -> float:
@@ -152,22 +122,22 @@ def transfer_score(transfer: float, scratch: float) -> float:
 
 
 def run_transfer(
-    config: dict[str, Any],
+    config: TransferConfig,
     out: str | Path,
-    device: str | None = None,
+    training_overrides: Sequence[tuple[str, Any]] = (),
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train (or reuse / resume) every run of the plan, then write results.csv and results.md."""
     out = Path(out)
-    plan = plan_transfer(config, out, device)
+    plan = plan_transfer(config, out, training_overrides)
     for entry in plan:
         run_dir = run_dir_for(entry["config"])
         status = ensure_run(entry["config"], run_dir)
         log(f"{entry['policy']} seed {entry['seed']} {entry['stage']} {entry['game']}: {status} ({run_dir})")
 
     rows = []
-    for policy in config["policies"]:
-        for game in map(env_name, config["targets"]):
+    for policy in config.policies:
+        for game in map(env_name, config.targets):
             areas = {
                 stage: [
                     _area(run_dir_for(e["config"]))
@@ -195,16 +165,16 @@ def run_transfer(
         writer.writeheader()
         writer.writerows(rows)
     (out / "results.md").write_text(_table(rows, config))
-    counts = {p: sum(r["positive"] for r in rows if r["policy"] == p) for p in config["policies"]}
+    counts = {p: sum(r["positive"] for r in rows if r["policy"] == p) for p in config.policies}
     return {"rows": rows, "positive": counts, "csv": str(out / "results.csv"), "md": str(out / "results.md")}
 
 
-def _table(rows: list[dict[str, Any]], config: dict[str, Any]) -> str:
-    targets = len(config["targets"])
+def _table(rows: list[dict[str, Any]], config: TransferConfig) -> str:
+    targets = len(config.targets)
     lines = [
-        f"Transfer from {', '.join(map(env_name, config['sources']))} ({config['source_steps']} steps each, in turn) "
-        f"to each target ({config['target_steps']} steps), against training from scratch on the target for the same "
-        f"steps; seeds {', '.join(map(str, config['seeds']))}. Area: mean training-episode return over the target "
+        f"Transfer from {', '.join(map(env_name, config.sources))} ({config.source_steps} steps each, in turn) "
+        f"to each target ({config.target_steps} steps), against training from scratch on the target for the same "
+        f"steps; seeds {', '.join(map(str, config.seeds))}. Area: mean training-episode return over the target "
         "budget (mean over seeds). Transfer = (fine-tuned - scratch) / |scratch|.",
         "",
         "| policy | game | fine-tuned area | scratch area | transfer | positive |",
@@ -221,7 +191,7 @@ def _table(rows: list[dict[str, Any]], config: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    for policy in config["policies"]:
+    for policy in config.policies:
         positive = sum(r["positive"] for r in rows if r["policy"] == policy)
         lines.append(f"- {policy}: positive transfer in {positive}/{targets} games")
     return "\n".join(lines) + "\n"

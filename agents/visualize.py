@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from rims_rl.agents.evaluate import load_model, load_run, play_episode, render_env, with_distractors
 
-from rims_rl.config import ConfigError
+from rims_rl.agents.config import ConfigError
+from rims_rl.agents.evaluate import load_model, load_run, play_episode, render_env, with_distractors
 from rims_rl.rims import RIMs
 
 __all__ = ["visualize_run"]
@@ -87,7 +87,7 @@ def visualize_run(
     out = Path(out) if out is not None else run_dir / "visualize"
     env = render_env(config, seed)
     try:
-        model = load_model(model_path, config["algo"], env, "cpu")
+        model = load_model(model_path, config.algo, env, "cpu")
         policy, core = model.policy, model.policy.lstm_actor
         # Which units the actor's core activates on each step, for a RIMs core.
         on_step = (
@@ -108,7 +108,7 @@ def visualize_run(
     result = {"gif": str(gif), "steps": len(episode["actions"]), "return": float(sum(episode["rewards"]))}
     if active is not None:
         png = out / "activations.png"
-        _raster(active, png, f"{config['env']['id']}: active units per step (return {result['return']:.2f})")
+        _raster(active, png, f"{config.env.id}: active units per step (return {result['return']:.2f})")
         result["png"] = str(png)
         result["active_per_step"] = float(active.sum(1).mean())
     return result

@@ -22,11 +22,13 @@ import time
 from unittest import mock
 
 import torch
-from rims_rl.agents.train import build_model, parse_schedule, resolve_config
-from rims_rl.envs import make_env
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
+
+from rims_rl.agents.config import to_dict
+from rims_rl.agents.train import build_model, resolve_config, schedule
+from rims_rl.envs import make_env
 
 PYTHON_LOOP = "RimsPPO RimsCnnPolicy, Python time loop (RIMS_RL_NATIVE=0)"
 
@@ -66,22 +68,25 @@ def main() -> None:
     parser.add_argument("--output", help="also write the Markdown table to this file")
     args = parser.parse_args()
 
-    config = resolve_config("atari/ppo_rims.yaml", env=args.env, device=args.device)
-    hyper = {key: parse_schedule("ppo", key, value) for key, value in config["ppo"].items()}
+    config = resolve_config("atari/ppo_rims.yaml", [("env.id", args.env), ("run.device", args.device)])
+    lstm_config = resolve_config(
+        "atari/ppo_rims.yaml", [("env.id", args.env), ("run.device", args.device), ("policy", "lstm")]
+    )
+    hyper = {key: schedule(value) for key, value in to_dict(config.ppo).items() if value is not None}
     device = torch.device(args.device)
     agents = {
         "PPO CnnPolicy (feed-forward)": lambda env: PPO("CnnPolicy", env, device=device, seed=0, **hyper),
         "RecurrentPPO CnnLstmPolicy (stock)": lambda env: RecurrentPPO(
             "CnnLstmPolicy", env, device=device, seed=0, **hyper
         ),
-        "RimsPPO LstmCnnPolicy (ours, LSTM 600)": lambda env: build_model({**config, "policy": "lstm"}, env, device),
+        "RimsPPO LstmCnnPolicy (ours, LSTM 600)": lambda env: build_model(lstm_config, env, device),
         "RimsPPO RimsCnnPolicy (ours, 6x100 k4)": lambda env: build_model(config, env, device),
     }
     if args.python_loop:
         agents[PYTHON_LOOP] = lambda env: build_model(config, env, device)
     # All agents live side by side and take turns, one iteration each per round, so drifts in the
     # machine's speed hit them alike; each agent's rate comes from its median iteration.
-    envs = {name: make_env(config["env"], seed=0) for name in agents}
+    envs = {name: make_env(config.env.settings(), seed=0) for name in agents}
     try:
         models = {name: make(envs[name]) for name, make in agents.items()}
         for name, model in models.items():
@@ -103,8 +108,8 @@ def main() -> None:
     stock = results["RecurrentPPO CnnLstmPolicy (stock)"]
     feed_forward = results["PPO CnnPolicy (feed-forward)"]
     lines = [
-        f"{args.env}, {config['env']['n_envs']} envs ({config['env']['backend']} backend), n_steps "
-        f"{config['ppo']['n_steps']}, {config['ppo']['n_epochs']} epochs, batch {config['ppo']['batch_size']}; "
+        f"{args.env}, {config.env.n_envs} envs ({config.env.options['backend']} backend), n_steps "
+        f"{config.ppo.n_steps}, {config.ppo.n_epochs} epochs, batch {config.ppo.batch_size}; "
         f"torch {torch.__version__} on {args.device} ({platform.machine()}, {torch.get_num_threads()} threads); "
         f"median of {args.iterations} timed iterations per agent, agents taking turns, after one warm-up.",
         "",

@@ -1,4 +1,9 @@
-"""Environment builders and wrappers (gymnasium and SB3 vector envs). Installed as ``rims_rl.envs``."""
+"""Environment builders and wrappers (gymnasium and SB3 vector envs). Installed as ``rims_rl.envs``.
+
+Importing this package registers our environment ids with gymnasium (:mod:`rims_rl.envs.registration`):
+``gym.register_envs(rims_rl.envs)`` then ``gym.make("RimsRL/Pickup-Train-v0")``. It imports no SB3 and no
+torch itself; :func:`make_env` loads them when it builds a vectorised environment.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,8 @@ import difflib
 from typing import Any
 
 import gymnasium as gym
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import VecEnv
+
+from rims_rl.envs.registration import PICKUP_ID, PICKUP_PREFIX, is_pickup_id
 
 __all__ = [
     "ATARI_ENV_KEYS",
@@ -31,19 +36,9 @@ ATARI_ENV_KEYS = (
     "full_action_space",
     "max_episode_frames",
 )
-
-
-# Our MiniGrid pickup task (rims_rl.envs.minigrid): the generic id, and the prefix of every id of it.
-PICKUP_ID = "RimsRL/Pickup-v0"
-PICKUP_PREFIX = "RimsRL/Pickup"
 # MiniGrid / BabyAI ids, ours included.
 MINIGRID_PREFIXES = (PICKUP_PREFIX, "MiniGrid-", "BabyAI-")
 MINIGRID_ENV_KEYS = ("mission_length",)
-
-
-def is_pickup_id(env_id: str) -> bool:
-    """True for the ids of our MiniGrid pickup task (``RimsRL/Pickup-v0`` and one per split)."""
-    return env_id.startswith(PICKUP_PREFIX)
 
 
 def env_kind(env_id: str) -> str:
@@ -52,10 +47,10 @@ def env_kind(env_id: str) -> str:
 
     Raises ``ValueError`` with the closest known ids for anything else.
     """
-    from rims_rl.envs.atari import atari_game
+    from rims_rl.envs.games import atari_game
 
     if env_id.startswith(MINIGRID_PREFIXES):
-        import rims_rl.envs.minigrid  # noqa: F401  (registers MiniGrid's ids and ours)
+        import minigrid  # noqa: F401  (registers MiniGrid's and BabyAI's ids)
 
         if env_id in gym.registry:
             return "minigrid"
@@ -74,7 +69,7 @@ def env_kind(env_id: str) -> str:
 
 def env_name(env_id: str) -> str:
     """A short name for run folders: "Pong" for any form of an Atari game, the id (``/`` as ``-``) otherwise."""
-    from rims_rl.envs.atari import atari_game
+    from rims_rl.envs.games import atari_game
 
     return atari_game(env_id)[0] if env_kind(env_id) == "atari" else env_id.replace("/", "-")
 
@@ -112,11 +107,13 @@ def check_env_settings(config: dict[str, Any]) -> None:
         check_pickup_settings(settings)
 
 
-def make_env(config: dict[str, Any], seed: int, evaluation: bool = False, n_envs: int | None = None) -> VecEnv:
-    """The vectorised environment an ``env:`` config section describes.
+def make_env(config: dict[str, Any], seed: int, evaluation: bool = False, n_envs: int | None = None):
+    """The vectorised environment (an SB3 ``VecEnv``) an ``env:`` config section describes.
 
     ``evaluation=True`` scores full games: rewards unclipped and no episodic life.
     """
+    from stable_baselines3.common.env_util import make_vec_env
+
     settings = {key: value for key, value in config.items() if key not in ("id", "n_envs")}
     n_envs = n_envs or config["n_envs"]
     if env_kind(config["id"]) == "atari":

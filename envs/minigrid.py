@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,8 @@ from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Ball, Box, Key
 from minigrid.minigrid_env import MiniGridEnv
-from rims_rl.envs import PICKUP_ID, PICKUP_PREFIX
+
+from rims_rl.envs.registration import PICKUP_ID, SPLITS
 
 __all__ = [
     "OBJECT_TYPES",
@@ -50,7 +51,6 @@ __all__ = [
 ]
 
 OBJECT_TYPES = {"key": Key, "ball": Ball, "box": Box}
-SPLITS = ("train", "known", "novel")
 # The env settings of our task (besides the generic `id`, `n_envs`, `mission_length`).
 PICKUP_KEYS = ("split", "size", "max_steps", "end_on_wrong_pickup", "targets", "pools", "splits")
 
@@ -321,22 +321,3 @@ def make_pickup_env(split: str | None = None, render_mode: str | None = None, **
         end_on_wrong_pickup=merged["end_on_wrong_pickup"],
         render_mode=render_mode,
     )
-
-
-def pairs_in(groups: Iterable[DistractorGroup]) -> set[Pair]:
-    """Every (type, colour) a split's distractor groups can place."""
-    return {pair for group in groups for pair in group.pool}
-
-
-def register_pickup_envs() -> None:
-    """Register ``RimsRL/Pickup-v0`` and one id per split (idempotent)."""
-    entry = f"{__name__}:make_pickup_env"
-    if PICKUP_ID not in gym.registry:
-        gym.register(PICKUP_ID, entry_point=entry)
-    for split in SPLITS:
-        env_id = f"{PICKUP_PREFIX}-{split.capitalize()}-v0"
-        if env_id not in gym.registry:
-            gym.register(env_id, entry_point=entry, kwargs={"split": split})
-
-
-register_pickup_envs()

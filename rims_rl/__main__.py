@@ -1,7 +1,8 @@
-"""``python -m rims_rl`` runs the ``rims-rl`` command line."""
+"""``python -m rims_rl`` runs the ``rims-rl`` command line (:mod:`rims_rl.agents.cli`)."""
 
 import sys
 
-from rims_rl.cli import main
+if __name__ == "__main__":
+    from rims_rl.agents.cli import main
 
-sys.exit(main())
+    sys.exit(main())

@@ -11,7 +11,9 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LSTMCore"]
+from rims_rl.rims import RIMs
+
+__all__ = ["LSTMCore", "build_core"]
 
 
 class LSTMCore(nn.LSTM):
@@ -20,12 +22,22 @@ class LSTMCore(nn.LSTM):
     A flagged entry's state is zeroed right before that step. The fused LSTM kernel runs over each
     stretch between resets; during PPO training sb3-contrib starts a new sequence at every episode
     start, so a reset only ever falls on the first step and the whole sequence is one kernel call.
+
+    Args:
+        input_size, hidden_size, **kwargs: as ``nn.LSTM`` (one layer).
+        forget_bias: when given, the forget gate's bias starts at this value (``bias_ih``; ``bias_hh``'s
+            forget slice at 0) instead of ``nn.LSTM``'s uniform draw. A bias of a few units keeps the
+            gradient alive across long spans at the start of training (the copying task needs 5).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, **kwargs) -> None:
+    def __init__(self, input_size: int, hidden_size: int, forget_bias: float | None = None, **kwargs) -> None:
         if kwargs.get("num_layers", 1) != 1:
             raise ValueError("LSTMCore has one layer, like a RIMs core (num_layers must be 1)")
         super().__init__(input_size, hidden_size, **kwargs)
+        if forget_bias is not None:
+            with torch.no_grad():
+                self.bias_ih_l0[hidden_size : 2 * hidden_size] = forget_bias
+                self.bias_hh_l0[hidden_size : 2 * hidden_size] = 0.0
 
     def forward(
         self, x: Tensor, state: tuple[Tensor, Tensor] | None = None, episode_starts: Tensor | None = None
@@ -44,3 +56,13 @@ class LSTMCore(nn.LSTM):
             output, state = super().forward(x[start:end], state)
             outputs.append(output)
         return (outputs[0] if len(outputs) == 1 else torch.cat(outputs)), state
+
+
+def build_core(core: str, input_size: int, settings: dict) -> nn.Module:
+    """A recurrent core from its kind and settings: ``"rims"`` (``rims_rl.RIMs``'s arguments) or
+    ``"lstm"`` (``hidden_size`` and an optional ``forget_bias``, :class:`LSTMCore`)."""
+    if core == "rims":
+        return RIMs(input_size, **settings)
+    if core == "lstm":
+        return LSTMCore(input_size, **settings)
+    raise ValueError(f"core must be rims or lstm, got {core!r}")

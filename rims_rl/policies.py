@@ -84,6 +84,9 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
             lr_schedule,
             lstm_hidden_size=self._core_output_size(),
             enable_critic_lstm=critic_core == "separate",
+            # The parent always builds nn.LSTMs, which the cores below replace: on the meta device they
+            # hold no memory and draw no random numbers.
+            lstm_kwargs={"device": "meta"},
             **kwargs,
         )
         self.lstm_actor = self._build_core(self.features_dim)
@@ -247,7 +250,7 @@ class RimsPolicy(RecurrentCorePolicy):
         if "input_size" in rims_kwargs:
             raise ValueError("rims_kwargs must not set input_size: it is the features extractor's width")
         # Fail on bad RIMs arguments now, before the parent builds anything.
-        RIMs(1, **rims_kwargs)
+        RIMs.check_arguments(**rims_kwargs)
         self.rims_kwargs = rims_kwargs
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 

@@ -7,6 +7,7 @@ configuration. Pure torch: nothing here knows about SB3 or gymnasium.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import NamedTuple
 
@@ -141,24 +142,23 @@ class RIMs(nn.Module):
         super().__init__()
         if input_value_size is None:
             input_value_size = unit_size
-        for name, value in [
-            ("input_size", input_size),
-            ("unit_size", unit_size),
-            ("num_units", num_units),
-            ("input_heads", input_heads),
-            ("input_key_size", input_key_size),
-            ("input_value_size", input_value_size),
-            ("comm_heads", comm_heads),
-            ("comm_key_size", comm_key_size),
-            ("comm_value_size", comm_value_size),
-        ]:
-            _check_positive_int(name, value)
-        if isinstance(k_active, bool) or not isinstance(k_active, int) or not 1 <= k_active <= num_units:
-            raise ValueError(f"k_active must be an integer in [1, num_units={num_units}], got {k_active!r}")
-        if cell not in CELL_GATES:
-            raise ValueError(f"cell must be one of {sorted(CELL_GATES)}, got {cell!r}")
-        _check_probability("input_dropout", input_dropout)
-        _check_probability("comm_dropout", comm_dropout)
+        self.check_arguments(
+            input_size=input_size,
+            unit_size=unit_size,
+            num_units=num_units,
+            k_active=k_active,
+            cell=cell,
+            input_heads=input_heads,
+            input_key_size=input_key_size,
+            input_value_size=input_value_size,
+            comm_heads=comm_heads,
+            comm_key_size=comm_key_size,
+            comm_value_size=comm_value_size,
+            input_dropout=input_dropout,
+            comm_dropout=comm_dropout,
+            input_attention=input_attention,
+            communication=communication,
+        )
 
         self.input_size = input_size
         self.unit_size = unit_size
@@ -197,6 +197,34 @@ class RIMs(nn.Module):
             self.comm_output = nn.Parameter(torch.empty(units, comm_heads * comm_value_size, 2 * unit_size, **factory))
             self.comm_output_bias = nn.Parameter(torch.empty(units, 2 * unit_size, **factory))
         self.reset_parameters()
+
+    @classmethod
+    def check_arguments(cls, **kwargs) -> None:
+        """Raise ``ValueError`` naming the first of the constructor's keyword arguments (``input_size``
+        may be left out) that a module could not be built with; builds nothing. The constructor calls it,
+        and so do the policies, before sb3-contrib builds anything."""
+        try:
+            bound = inspect.signature(cls.__init__).bind(None, **{"input_size": 1, **kwargs})
+        except TypeError as error:
+            raise ValueError(f"RIMs: {error}") from None
+        bound.apply_defaults()
+        a = bound.arguments
+        value_size = a["unit_size"] if a["input_value_size"] is None else a["input_value_size"]
+        for name in ("input_size", "unit_size", "num_units", "input_heads", "input_key_size"):
+            _check_positive_int(name, a[name])
+        _check_positive_int("input_value_size", value_size)
+        for name in ("comm_heads", "comm_key_size", "comm_value_size"):
+            _check_positive_int(name, a[name])
+        k_active, num_units = a["k_active"], a["num_units"]
+        if isinstance(k_active, bool) or not isinstance(k_active, int) or not 1 <= k_active <= num_units:
+            raise ValueError(f"k_active must be an integer in [1, num_units={num_units}], got {k_active!r}")
+        if a["cell"] not in CELL_GATES:
+            raise ValueError(f"cell must be one of {sorted(CELL_GATES)}, got {a['cell']!r}")
+        _check_probability("input_dropout", a["input_dropout"])
+        _check_probability("comm_dropout", a["comm_dropout"])
+        for name in ("input_attention", "communication"):
+            if not isinstance(a[name], bool):
+                raise ValueError(f"{name} must be True or False, got {a[name]!r}")
 
     def reset_parameters(self) -> None:
         """Re-draw every weight with the documented initialisation."""

@@ -18,3 +18,10 @@ def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> 
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def pairs(*items: str) -> list:
+    """``"key=value"`` strings as the typed ``(key, value)`` overrides the runners take (``--set``'s reading)."""
+    from rims_rl.agents.config import parse_set
+
+    return [parse_set(item) for item in items]

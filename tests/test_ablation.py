@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import yaml
-from rims_rl.agents.ablation import ablation_sweep
 
+from rims_rl.agents.ablation import ablation_sweep
 from tests.helpers import assert_one_line_error, cli
 
 TINY = ["ppo.n_steps=16", "ppo.batch_size=32", "ppo.n_epochs=1", "run.eval_every=0"]

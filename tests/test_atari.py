@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
 from rims_rl.envs import make_env
 from rims_rl.envs.atari import ATARI_57, atari_game, make_atari_env

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from rims_rl.agents.copying import copying_batch, run_copying
 
-from rims_rl.config import ConfigError, apply_overrides, load_config
+from rims_rl.agents.config import ConfigError, CoreConfig, parse_set
+from rims_rl.agents.copying import copying_batch, load_copying_config, run_copying
 from tests.helpers import assert_one_line_error, cli
 
 TINY = [
@@ -29,8 +29,9 @@ TINY = [
 ]
 
 
-def tiny_config(*extra: str) -> dict:
-    return load_config("copying.yaml", [*TINY, *extra], open_sections=["models.rims", "models.lstm"])
+def tiny_config(out, *extra: str):
+    items = [*TINY, f"run.out={out}", "run.progress=false", *extra]
+    return load_copying_config("copying.yaml", [parse_set(item) for item in items])
 
 
 def test_batch_layout():
@@ -42,18 +43,19 @@ def test_batch_layout():
 
 
 def test_packaged_config_is_complete_and_overrides_are_checked():
-    config = load_config("copying.yaml")
-    assert config["models"]["rims"] == {"kind": "rims", "unit_size": 100, "num_units": 6, "k_active": 4}
-    assert config["task"]["eval_spans"] == [50, 200]
+    config = load_copying_config()
+    assert config.models["rims"] == CoreConfig("rims", {"unit_size": 100, "num_units": 6, "k_active": 4})
+    assert config.models["lstm"] == CoreConfig("lstm", {"hidden_size": 600, "forget_bias": 5.0})
+    assert config.task.eval_spans == [50, 200]
     with pytest.raises(ConfigError, match=r"unknown config key 'train\.updatez'.*did you mean updates"):
-        apply_overrides(config, ["train.updatez=3"])
+        load_copying_config("copying.yaml", [("train.updatez", 3)])
     with pytest.raises(ConfigError, match="key=value"):
-        apply_overrides(config, ["train.updates"])
-    assert apply_overrides(config, ["train.lr=1e-4"])["train"]["lr"] == 1e-4
+        parse_set("train.updates")
+    assert load_copying_config("copying.yaml", [parse_set("train.lr=1e-4")]).train.lr == 1e-4
 
 
 def test_run_writes_results_and_resume_continues_exactly(tmp_path):
-    straight = run_copying(tiny_config("train.updates=20"), tmp_path / "straight", progress=False)
+    straight = run_copying(tiny_config(tmp_path / "straight", "train.updates=20"))
     assert [row["model"] for row in straight] == ["rims", "lstm"]
     for row in straight:
         assert row["updates"] == 20 and len(row["history"]) == 2
@@ -63,8 +65,8 @@ def test_run_writes_results_and_resume_continues_exactly(tmp_path):
     assert json.loads((tmp_path / "straight" / "results.json").read_text())[0]["updates"] == 20
 
     # Stop after 10 updates, then resume to 20: the same numbers as the run that never stopped.
-    run_copying(tiny_config("train.updates=10"), tmp_path / "resumed", progress=False)
-    resumed = run_copying(tiny_config("train.updates=20"), tmp_path / "resumed", resume=True, progress=False)
+    run_copying(tiny_config(tmp_path / "resumed", "train.updates=10"))
+    resumed = run_copying(tiny_config(tmp_path / "resumed", "train.updates=20"), resume=True)
     for a, b in zip(straight, resumed, strict=True):
         assert [h["update"] for h in b["history"]] == [10, 20]
         assert a["eval_ce"] == b["eval_ce"]
@@ -77,23 +79,24 @@ def test_run_writes_results_and_resume_continues_exactly(tmp_path):
 def test_rims_learns_a_short_copy(tmp_path):
     """Seconds-long smoke test of learning: RIMs gets well below chance on a 2-digit copy."""
     config = tiny_config(
+        tmp_path,
         "train.updates=200", "train.eval_every=10", "train.batch_size=32", "train.lr=0.005",
         "task.eval_spans=[3]", "models.rims.unit_size=32", "models.rims.input_dropout=0.0",
         "models.rims.comm_dropout=0.0",
     )  # fmt: skip
-    config["models"] = {"rims": config["models"]["rims"]}
-    (row,) = run_copying(config, tmp_path, progress=False)
+    config.models = {"rims": config.models["rims"]}
+    (row,) = run_copying(config)
     curve = [entry["eval_ce"][3] for entry in row["history"]]
     assert curve[0] > 0.8 * math.log(9)  # near chance (ln 9) after 10 updates...
     assert curve[-1] < 0.5 * math.log(9)  # ...and learned (about 0.3 ln 9 here)
 
 
 def test_bad_model_settings_fail_before_training(tmp_path):
-    with pytest.raises(ValueError, match="k_active"):
-        run_copying(tiny_config("models.rims.k_active=9"), tmp_path, progress=False)
-    with pytest.raises(ConfigError, match="bogus"):
-        run_copying(tiny_config("models.rims.bogus=1"), tmp_path, progress=False)
-    assert not (tmp_path / "rims.pt").exists()
+    with pytest.raises(ConfigError, match=r"models\.rims: k_active"):
+        tiny_config(tmp_path, "models.rims.k_active=9")
+    with pytest.raises(ConfigError, match=r"models\.rims\.bogus"):
+        tiny_config(tmp_path, "models.rims.bogus=1")
+    assert not list(tmp_path.iterdir())
 
 
 def test_cli_runs_the_copying_task(tmp_path):
@@ -108,8 +111,11 @@ def test_cli_runs_the_copying_task(tmp_path):
     ("args", "message"),
     [
         (["--set", "train.bogus=1"], "unknown config key 'train.bogus'"),
-        (["--set", "models.rims.k_active=7"], "k_active must be an integer in [1, num_units=6]"),
-        (["--set", "train.device=cuda"], "no CUDA GPU"),
+        (["--set", "models.rims.k_active=7"], "models.rims: k_active must be an integer in [1, num_units=6]"),
+        (["--set", "run.device=cuda"], "no CUDA GPU"),
+        (["--device", "cuda"], "no CUDA GPU"),
+        (["--set", "train.updates=0"], "train.updates must be in [1, "),
+        (["--set", "train.updates=-1"], "train.updates must be in [1, "),
         (["--config", "missing.yaml"], "config not found"),
         (["--models", "gpt"], "--models: unknown gpt"),
     ],

@@ -9,6 +9,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
+from rims_rl.agents.config import ConfigError, CoreConfig
 from rims_rl.agents.imitation import (
     STAGES,
     CheetahPolicy,
@@ -22,9 +24,7 @@ from rims_rl.agents.imitation import (
     train_bc,
 )
 from rims_rl.envs.mujoco import make_cheetah, render_frame
-
-from rims_rl.config import ConfigError
-from tests.helpers import assert_one_line_error, cli
+from tests.helpers import assert_one_line_error, cli, pairs
 
 TINY = [
     "expert.algo=ppo", "expert.normalize=true", "expert.total_steps=512", "expert.ppo.n_steps=256",
@@ -42,7 +42,7 @@ def quiet(_message: str) -> None:
 def pipeline(tmp_path_factory):
     """A tiny expert and dataset, shared by the tests that need one."""
     out = tmp_path_factory.mktemp("imitation")
-    config = load_imitation_config("mujoco/halfcheetah.yaml", TINY)
+    config = load_imitation_config("mujoco/halfcheetah.yaml", pairs(*TINY))
     run(config, out, stages=("expert", "collect"), log=quiet)
     return config, out
 
@@ -148,7 +148,7 @@ def test_action_noise_is_executed_but_the_expert_action_is_recorded(pipeline):
         folder = out.parent / f"noise{noise}"
         folder.mkdir()
         (folder / "expert").symlink_to(out / "expert")
-        noisy = load_imitation_config("mujoco/halfcheetah.yaml", [*TINY, f"collect.action_noise={noise}"])
+        noisy = load_imitation_config("mujoco/halfcheetah.yaml", pairs(*TINY, f"collect.action_noise={noise}"))
         collect(noisy, folder, log=quiet)
         recorded[noise] = load_dataset(folder)[0]
     clean, noisy = recorded[0.0], recorded[0.5]
@@ -180,17 +180,15 @@ def test_bc_lowers_the_imitation_loss(pipeline):
     below that of the same policy before training (same seed, so the same initial weights)."""
     config, out = pipeline
     config = copy.deepcopy(config)
-    config["bc"]["epochs"] = 12
-    config["bc"]["models"] = {"probe": {"core": "lstm", "hidden_size": 32}}
+    config.bc.epochs = 12
+    config.bc.models = {"probe": CoreConfig("lstm", {"hidden_size": 32})}
     train_bc(config, out, "probe", log=quiet)
     trained = _load_policy(config, out, "probe")
-    torch.manual_seed(config["run"]["seed"])
-    env = config["env"]
-    untrained = CheetahPolicy(
-        3 * env["frame_stack"], env["size"], 6, config["bc"]["models"]["probe"], config["bc"]["features"]
-    )
+    torch.manual_seed(config.run.seed)
+    env = config.env
+    untrained = CheetahPolicy(3 * env.frame_stack, env.size, 6, config.bc.models["probe"], config.bc.features)
     data, _ = load_dataset(out)
-    stacks = torch.as_tensor(_stack_index(data["episode_starts"], env["frame_stack"]))
+    stacks = torch.as_tensor(_stack_index(data["episode_starts"], env.frame_stack))
     steps = torch.arange(32)[:, None] + torch.tensor([0, 40])[None, :]  # the first 32 steps of both episodes
     frames = torch.as_tensor(data["frames"])[stacks[steps]].flatten(2, 3)
     actions = torch.as_tensor(data["actions"])[steps]
@@ -222,13 +220,13 @@ def test_pipeline_end_to_end_through_the_cli(tmp_path):
 
 def test_bad_imitation_config_fails_in_one_line(tmp_path):
     result = cli("imitation", "bc", "--out", str(tmp_path), "--set", "bc.models.gru={core: gru}")
-    assert_one_line_error(result, "bc.models.gru.core must be rims or lstm")
+    assert_one_line_error(result, "bc.models.gru.core must be one of rims, lstm")
     result = cli("imitation", "bc", "--out", str(tmp_path), "--set", "bc.models.rims_k3.k_active=9")
     assert_one_line_error(result, "k_active")
     result = cli("imitation", "bc", "--out", str(tmp_path))
     assert_one_line_error(result, "no dataset")
     result = cli("imitation", "expert", "--out", str(tmp_path), "--set", "expert.algo=td3")
-    assert_one_line_error(result, "expert.algo must be one of")
+    assert_one_line_error(result, "expert.algo must be one of ppo, sac")
     assert not (tmp_path / "expert").exists()
 
 
@@ -237,7 +235,7 @@ def test_sac_expert_is_trained_saved_and_replayed(tmp_path):
     the same key (loading a SAC file as PPO would fail)."""
     overrides = [*TINY, "expert.algo=sac", "expert.total_steps=200", "expert.sac.learning_starts=100"]
     overrides += ["expert.sac.batch_size=32", "expert.sac.buffer_size=1000", "expert.normalize=false"]
-    config = load_imitation_config("mujoco/halfcheetah.yaml", overrides)
+    config = load_imitation_config("mujoco/halfcheetah.yaml", pairs(*overrides))
     run(config, tmp_path, stages=("expert", "collect"), log=quiet)
     info = json.loads((tmp_path / "expert" / "expert.json").read_text())
     assert info["algo"] == "sac"
@@ -272,7 +270,7 @@ def test_expert_crash_resumes_from_its_checkpoint(tmp_path, monkeypatch, algo_ov
     from rims_rl.agents.train import load_checkpoint
 
     overrides = [*TINY, *algo_overrides, "expert.checkpoint_every=100"]
-    config = load_imitation_config("mujoco/halfcheetah.yaml", [*overrides, "expert.total_steps=200"])
+    config = load_imitation_config("mujoco/halfcheetah.yaml", pairs(*overrides, "expert.total_steps=200"))
 
     def crash(*args, **kwargs):
         raise RuntimeError("evaluation crashed")
@@ -286,13 +284,13 @@ def test_expert_crash_resumes_from_its_checkpoint(tmp_path, monkeypatch, algo_ov
     assert not (tmp_path / "expert" / "expert.json").exists()
     # The same folder with the other algorithm is refused in one line before anything starts.
     other = "ppo" if "expert.algo=sac" in algo_overrides else "sac"
-    mismatched = load_imitation_config("mujoco/halfcheetah.yaml", [*overrides, f"expert.algo={other}"])
+    mismatched = load_imitation_config("mujoco/halfcheetah.yaml", pairs(*overrides, f"expert.algo={other}"))
     with pytest.raises(ConfigError, match=f"holds a {first['algorithm']} expert but expert.algo is {other}"):
         imitation.expert(mismatched, tmp_path, log=quiet)
     assert load_checkpoint(tmp_path / "expert" / "checkpoint.pt")["num_timesteps"] == 200
 
     messages: list[str] = []
-    config = load_imitation_config("mujoco/halfcheetah.yaml", [*overrides, "expert.total_steps=300"])
+    config = load_imitation_config("mujoco/halfcheetah.yaml", pairs(*overrides, "expert.total_steps=300"))
     monkeypatch.setattr(imitation, "_expert_episodes", crash)
     with pytest.raises(RuntimeError, match="evaluation crashed"):
         imitation.expert(config, tmp_path, log=messages.append)
@@ -318,4 +316,4 @@ def test_expert_crash_resumes_from_its_checkpoint(tmp_path, monkeypatch, algo_ov
 
 def test_bad_expert_checkpoint_every_is_refused():
     with pytest.raises(ConfigError, match=r"expert\.checkpoint_every"):
-        load_imitation_config("mujoco/halfcheetah.yaml", ["expert.checkpoint_every=-1"])
+        load_imitation_config("mujoco/halfcheetah.yaml", [("expert.checkpoint_every", -1)])

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
 from rims_rl.agents.evaluate import evaluate_run
 from rims_rl.envs import make_env
 from rims_rl.envs.minigrid import (
@@ -20,8 +22,6 @@ from rims_rl.envs.minigrid import (
     make_pickup_env,
     pickup_defaults,
 )
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
-
 from rims_rl.extractors import MiniGridExtractor
 from tests.helpers import assert_one_line_error, cli
 

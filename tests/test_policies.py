@@ -8,11 +8,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
 from sb3_contrib.common.recurrent.buffers import RecurrentRolloutBuffer
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.env_util import make_vec_env
 
+from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
 from rims_rl.cores import LSTMCore
 from rims_rl.policies import LstmCnnPolicy, LstmPolicy, RimsCnnPolicy, RimsPolicy
 from rims_rl.rims import RIMs

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
 from rims_rl.agents.compare import compare_runs
 from rims_rl.agents.report import aggregate_metrics, load_run_scores, relative_improvement, run_score, write_report
 from rims_rl.envs.atari import ATARI_57
 from rims_rl.envs.atari_scores import ATARI_REFERENCE_SCORES, human_normalized
-
 from tests.helpers import assert_one_line_error, cli
 
 REPS = 50  # stratified-bootstrap resamples: enough to exercise the code, cheap enough for a test
@@ -272,7 +272,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, setup, args, message):
 
 
 def test_bad_settings_raise_config_errors(tmp_path):
-    from rims_rl.config import ConfigError
+    from rims_rl.agents.config import ConfigError
 
     make_run(tmp_path, "CartPole-v1", "rims", 0, final=1.0)
     with pytest.raises(ConfigError, match="--reps must be at least 1"):
@@ -284,7 +284,7 @@ def test_bad_settings_raise_config_errors(tmp_path):
 
 
 def test_report_help_documents_every_option(capsys):
-    from rims_rl.cli import main
+    from rims_rl.agents.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["report", "--help"])

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from rims_rl.agents.sweep import load_sweep, plan
 
-from rims_rl.cli import main
-from rims_rl.config import ConfigError
+from rims_rl.agents.cli import main
+from rims_rl.agents.config import ConfigError
+from rims_rl.agents.sweep import load_sweep, plan
 from tests.helpers import assert_one_line_error, cli
 
 # Seconds-long CartPole runs: no evaluation, tiny rollouts, frequent checkpoints.
@@ -60,7 +60,7 @@ def test_grid_expands_games_x_seeds_x_variants_with_their_overrides(tmp_path):
         },
         overrides={"run.progress": False, "ppo.n_epochs": 3},
     )
-    sweep = load_sweep(path, ["ppo.n_epochs=1"], device="cpu")
+    sweep = load_sweep(path, [("ppo.n_epochs", 1), ("run.device", "cpu")])
     assert len(sweep.runs) == 2 * 3 * 3
     names = [run.name for run in sweep.runs]
     assert names[:4] == [
@@ -80,7 +80,7 @@ def test_grid_expands_games_x_seeds_x_variants_with_their_overrides(tmp_path):
         assert config["ppo"]["n_epochs"] == 1  # --set comes after the sweep's own overrides
         assert config["policy"] == ("lstm" if variant == "lstm" else "rims")
         assert config["total_steps"] == (512 if variant == "lstm" else 20000)  # else: the config's default
-        assert config["rims"].get("input_attention", True) is (variant != "rims-no-input-attention")
+        assert (config["rims"].get("input_attention") is False) == (variant == "rims-no-input-attention")
 
     # --dry-run's listing says what a sweep would do with each run, from what its folder holds.
     (Path(sweep.runs[0].run_dir) / "model.zip").parent.mkdir(parents=True)
@@ -101,18 +101,18 @@ def test_without_variants_runs_take_the_default_label(tmp_path):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"grid": {"run.seed": [0]}, "workerz": 2}, "unknown sweep keys workerz"),
-        ({"variants": {"rims": {}}}, "the sweep lacks grid"),
+        ({"grid": {"run.seed": [0]}, "workerz": 2}, "unknown config key 'workerz'; did you mean workers?"),
+        ({"variants": {"rims": {}}}, "SweepConfig lacks grid"),
         ({"grid": {}}, "grid is empty"),
-        ({"grid": {"run.seed": 0}}, "grid.run.seed must be a non-empty list"),
+        ({"grid": {"run.seed": 0}}, "grid.run.seed must be a list"),
         ({"grid": {"run.seed": []}}, "grid.run.seed must be a non-empty list"),
         ({"grid": {"run.seed": [0]}, "variants": {}}, "variants is empty"),
         ({"grid": {"run.seed": [0]}, "variants": {"no attention": {}}}, "variant name 'no attention'"),
         ({"grid": {"run.seed": [0]}, "variants": {"a": {"run.seed": 1}}}, "run.seed is set by both grid and"),
         ({"grid": {"run.seed": [0]}, "overrides": {"run.out": "x"}}, "overrides sets run.out, which the sweep sets"),
-        ({"grid": {"run.seed": [0]}, "workers": 0}, "workers must be a positive integer"),
+        ({"grid": {"run.seed": [0]}, "workers": 0}, "workers must be in [1, 4096], got 0"),
         ({"grid": {"env.id": ["CartPole-v9"]}}, "run env.id=CartPole-v9: unknown environment"),
-        ({"grid": {"run.seed": [0]}, "variants": {"x": {"rims.k_active": 9}}}, "k_active must be an integer"),
+        ({"grid": {"run.seed": [0]}, "variants": {"x": {"rims.k_active": 9}}}, "rims: k_active must be an integer in"),
         ({"grid": {"run.seed": [0]}, "variants": {"x": {"ppo.n_stepz": 9}}}, "unknown config key 'ppo.n_stepz'"),
         ({"grid": {"rims.k_active": [1, 2]}}, "would share the folder"),
     ],

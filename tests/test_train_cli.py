@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from rims_rl.agents.train import CheckpointAndStop, TrainingDiverged, build_model, resolve_config, save_checkpoint
 from rims_rl.envs import make_env
-
-from tests.helpers import assert_one_line_error, cli
+from tests.helpers import assert_one_line_error, cli, pairs
 
 TINY = [
     "--config", "classic/cartpole.yaml",
@@ -88,7 +88,7 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path):
     assert stopped_at + 64 <= final < stopped_at + 64 + 64
     assert (run / "model.zip").is_file()
     # Both parts of the training log survive, and the curve covers the whole run.
-    from rims_rl.agents.compare import learning_curve
+    from rims_rl.agents.runs import learning_curve
 
     assert (run / "progress.part0.csv").is_file() and (run / "progress.csv").is_file()
     steps, _ = learning_curve(run, "train")
@@ -96,8 +96,8 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path):
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
-    config = resolve_config("classic/cartpole.yaml", ["run.progress=false"])
-    env = make_env(config["env"], seed=0)
+    config = resolve_config("classic/cartpole.yaml", [("run.progress", False)])
+    env = make_env(config.env.settings(), seed=0)
     model = build_model(config, env, torch.device("cpu"))
     path = tmp_path / "latest.pt"
     save_checkpoint(model, path)
@@ -121,10 +121,19 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
         (["--env", "CartPole-v9"], "did you mean CartPole-v1"),
         (["--set", "ppo.n_stepz=3"], "unknown config key 'ppo.n_stepz'"),
         (["--set", "run.bogus=3"], "unknown config key 'run.bogus'"),
-        (["--set", "ppo.n_steps=abc"], "ppo.n_steps must be a number"),
-        (["--set", "ppo.learning_rate=fast"], "lin_<number>"),
-        (["--set", "rims.k_active=7"], "k_active must be an integer in [1, num_units=6]"),
-        (["--set", "env.sticky=0.25"], "unknown config keys env.sticky"),
+        (["--set", "ppo.n_steps=abc"], "ppo.n_steps must be an integer"),
+        (["--set", "ppo.learning_rate=fast"], "lin_<positive number>"),
+        (["--set", "rims.k_active=7"], "rims: k_active must be an integer in [1, num_units=6]"),
+        (["--set", "env.sticky=0.25"], "unknown config key 'env.sticky'"),
+        (["--set", "ppo.gamma=2.0"], "ppo.gamma must be in (0, 1]"),
+        (["--set", "ppo.clip_range=-1"], "ppo.clip_range must be in (0, inf)"),
+        (["--set", "ppo.batch_size=0"], "ppo.batch_size must be in [2, "),
+        (["--set", "ppo.n_steps=0"], "ppo.n_steps must be in [1, "),
+        (["--set", "ppo.n_epochs=0"], "ppo.n_epochs must be in [1, "),
+        (["--set", "policy_kwargs.net_arch=abc"], "policy_kwargs.net_arch must be"),
+        (["--set", "rims.num_units=1e9"], "rims.num_units must be in [1, 1024]"),
+        (["--set", "env.n_envs=100000"], "env.n_envs must be in [1, 1024]"),
+        (["--set", "ppo"], "is not of the form key=value"),
         (["--device", "cuda"], "no CUDA GPU"),
         (["--resume", "/nonexistent/run"], "not a run folder"),
         (["--config", "nope.yaml"], "config not found"),
@@ -165,6 +174,7 @@ def test_wandb_tracking_works_offline_without_a_key(tmp_path):
 
 def test_training_survives_a_broken_wandb(tmp_path, monkeypatch):
     import wandb
+
     from rims_rl.agents.train import train
 
     def broken(*args, **kwargs):
@@ -173,10 +183,11 @@ def test_training_survives_a_broken_wandb(tmp_path, monkeypatch):
     monkeypatch.setattr(wandb, "init", broken)
     config = resolve_config(
         "classic/cartpole.yaml",
-        ["run.progress=false", "run.eval_every=0", "ppo.n_steps=16", "ppo.batch_size=32", f"run.out={tmp_path}"],
-        total_steps=64,
-        track=True,
-    )
+        pairs(
+            "run.progress=false", "run.eval_every=0", "ppo.n_steps=16", "ppo.batch_size=32", f"run.out={tmp_path}",
+            "total_steps=64", "run.track=true",
+        ),
+    )  # fmt: skip
     with pytest.warns(UserWarning, match="wandb tracking is off"):
         summary = train(config)
     assert summary["num_timesteps"] == 64

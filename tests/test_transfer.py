@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
+from rims_rl.agents.config import ConfigError
 from rims_rl.agents.runs import run_dir_for
 from rims_rl.agents.train import build_model, init_weights, resolve_config, train
 from rims_rl.agents.transfer import load_transfer_config, plan_transfer, run_transfer, transfer_score
 from rims_rl.envs import make_env
-
-from rims_rl.config import ConfigError
-from tests.helpers import assert_one_line_error, cli
+from tests.helpers import assert_one_line_error, cli, pairs
 
 # A few hundred steps of tiny PPO on Atari: enough for a learning curve of a few points.
 ATARI_TINY = [
@@ -25,21 +25,22 @@ def quiet(_message: str) -> None:
     pass
 
 
+TRAINING = pairs(*ATARI_TINY, "run.device=cpu")
+
+
 def tiny_transfer(**choices):
-    defaults = {"sources": ["Pong", "Breakout"], "targets": ["Boxing"], "seeds": [0], "policies": ["rims"]}
-    defaults.update(choices)
-    return load_transfer_config(
-        "atari/transfer.yaml", training_overrides=ATARI_TINY, source_steps=128, target_steps=256, **defaults
-    )
+    settings = {"sources": ["Pong", "Breakout"], "targets": ["Boxing"], "seeds": [0], "policies": ["rims"]}
+    settings |= {"source_steps": 128, "target_steps": 256, **choices}
+    return load_transfer_config("atari/transfer.yaml", list(settings.items()))
 
 
 def test_init_from_starts_with_the_saved_weights_and_fresh_counters(tmp_path):
     base = ["ppo.n_steps=16", "ppo.batch_size=32", "ppo.n_epochs=1", "run.progress=false", "run.eval_every=0"]
-    source = resolve_config("classic/cartpole.yaml", [*base, f"run.out={tmp_path}"], total_steps=64)
+    source = resolve_config("classic/cartpole.yaml", pairs(*base, f"run.out={tmp_path}", "total_steps=64"))
     train(source)
     saved = run_dir_for(source)
-    config = resolve_config("classic/cartpole.yaml", [*base, f"run.init_from={saved}"], total_steps=64)
-    env = make_env(config["env"], seed=1)
+    config = resolve_config("classic/cartpole.yaml", pairs(*base, f"run.init_from={saved}", "total_steps=64"))
+    env = make_env(config.env.settings(), seed=1)
     model = build_model(config, env, torch.device("cpu"))
     fresh = {k: v.clone() for k, v in model.policy.state_dict().items()}
     init_weights(model, saved)
@@ -51,8 +52,10 @@ def test_init_from_starts_with_the_saved_weights_and_fresh_counters(tmp_path):
     env.close()
 
     # A policy of another shape (LSTM core, or another action count) is refused in one line.
-    lstm = resolve_config("classic/cartpole.yaml", [*base, f"run.init_from={saved}"], policy="lstm", total_steps=64)
-    env = make_env(lstm["env"], seed=1)
+    lstm = resolve_config(
+        "classic/cartpole.yaml", pairs(*base, f"run.init_from={saved}", "policy=lstm", "total_steps=64")
+    )
+    env = make_env(lstm.env.settings(), seed=1)
     with pytest.raises(ConfigError, match="does not fit this policy"):
         init_weights(build_model(lstm, env, torch.device("cpu")), saved)
     env.close()
@@ -68,7 +71,7 @@ def test_init_from_a_missing_model_fails_before_training(tmp_path):
 
 
 def test_transfer_plan_chains_sources_and_pairs_targets(tmp_path):
-    plan = plan_transfer(tiny_transfer(policies=["rims", "lstm"], seeds=[0, 1]), tmp_path)
+    plan = plan_transfer(tiny_transfer(policies=["rims", "lstm"], seeds=[0, 1]), tmp_path, TRAINING)
     assert len(plan) == 2 * 2 * (2 + 2 * 1)
     rims0 = [e for e in plan if (e["policy"], e["seed"]) == ("rims", 0)]
     assert [(e["stage"], e["game"]) for e in rims0] == [
@@ -78,12 +81,12 @@ def test_transfer_plan_chains_sources_and_pairs_targets(tmp_path):
         ("scratch", "Boxing"),
     ]
     pong, breakout, transfer, scratch = (e["config"] for e in rims0)
-    assert pong["run"]["init_from"] is None and scratch["run"]["init_from"] is None
-    assert breakout["run"]["init_from"] == str(run_dir_for(pong))
-    assert transfer["run"]["init_from"] == str(run_dir_for(breakout))
-    assert all(e["config"]["env"]["full_action_space"] for e in plan)  # one action set for all games
+    assert pong.run.init_from is None and scratch.run.init_from is None
+    assert breakout.run.init_from == str(run_dir_for(pong))
+    assert transfer.run.init_from == str(run_dir_for(breakout))
+    assert all(e["config"].env.options["full_action_space"] for e in plan)  # one action set for all games
     assert run_dir_for(transfer) != run_dir_for(scratch)
-    assert transfer["total_steps"] == scratch["total_steps"] == 256 and pong["total_steps"] == 128
+    assert transfer.total_steps == scratch.total_steps == 256 and pong.total_steps == 128
     assert len({run_dir_for(e["config"]) for e in plan}) == len(plan)
 
 
@@ -111,7 +114,7 @@ def test_transfer_score_sign_and_scale():
 
 def test_transfer_runs_every_stage_writes_the_table_and_reuses_runs(tmp_path):
     messages = []
-    result = run_transfer(tiny_transfer(), tmp_path, device="cpu", log=messages.append)
+    result = run_transfer(tiny_transfer(), tmp_path, TRAINING, log=messages.append)
     assert [m.split(":")[1].split()[0] for m in messages] == ["trained"] * 4
     runs = tmp_path / "runs"
     for folder in ("Pong/ppo-rims-pretrain", "Breakout/ppo-rims-pretrain", "Boxing/ppo-rims-transfer"):
@@ -128,7 +131,7 @@ def test_transfer_runs_every_stage_writes_the_table_and_reuses_runs(tmp_path):
     assert saved["run"]["init_from"] == str(runs / "Breakout/ppo-rims-pretrain/seed0")
 
     messages.clear()
-    again = run_transfer(tiny_transfer(), tmp_path, device="cpu", log=messages.append)
+    again = run_transfer(tiny_transfer(), tmp_path, TRAINING, log=messages.append)
     assert all(": done (" in m for m in messages) and again["rows"] == result["rows"]
 
 

@@ -1,32 +1,118 @@
-"""The ``rims-rl`` command line. Each subcommand loads a YAML config and hands it to a runner."""
+"""The ``rims-rl`` command line: each subcommand turns its flags into config overrides and calls a runner.
+
+Flags shared by several commands are declared once, in the parent parsers below. A setting has one route
+into a config: ``--set key=value`` (read as YAML, typed from there on) or the flag that names it
+(``--device`` is ``run.device`` everywhere, ``--out`` ``run.out``, ``--seed`` ``run.seed``, ...), both
+as ``(key, value)`` overrides that the config schema checks (:mod:`rims_rl.agents.config`). Our own errors
+(:class:`~rims_rl.agents.config.ConfigError`: bad input, before any work) print one line and exit 2; any
+other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-from rims_rl.config import ConfigError, load_config
+from rims_rl.agents.config import ConfigError, parse_set
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+# ------------------------------------------------------------------------------------- shared flags
+
+
+def _config_parent(default: str, example: str = "e.g. --set ppo.n_steps=64") -> argparse.ArgumentParser:
+    """``--config`` (with this command's default) and ``--set``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config", default=default, help="YAML config: a file, or a packaged config name (default: %(default)s)"
+    )
+    parent.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value, {example} (repeatable; values are YAML)",
+    )
+    return parent
+
+
+def _device_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--device", choices=DEVICES, help="torch device: a GPU when there is one with auto (default: the config's)"
+    )
+    return parent
+
+
+def _runs_parent() -> argparse.ArgumentParser:
+    """The run folders that ``compare`` and ``report`` read."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding them")
+    return parent
+
+
+def _backend_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local: a bounded process pool on this machine; ray: tasks on a Ray cluster (default: %(default)s)",
+    )
+    parent.add_argument(
+        "--address",
+        help="with --backend ray: the cluster to join, e.g. auto or HOST:6379 (default: start a local Ray instance)",
+    )
+    parent.add_argument("--workers", type=int, help="local backend: runs at a time (default: one per CPU core)")
+    return parent
+
+
+def _flags(args: argparse.Namespace, flags: Iterable[tuple[str, str]]) -> list[tuple[str, Any]]:
+    """Each flag given, as ``(its config key, value)``."""
+    return [(key, getattr(args, attribute)) for attribute, key in flags if getattr(args, attribute, None) is not None]
+
+
+def _overrides(args: argparse.Namespace, flags: Iterable[tuple[str, str]] = ()) -> list[tuple[str, Any]]:
+    """``--set`` as typed ``(key, value)`` pairs, then the given flags (see :func:`_flags`)."""
+    return [parse_set(item) for item in args.set] + _flags(args, flags)
+
+
+# ------------------------------------------------------------------------------------- handlers
 
 
 def _copying(args: argparse.Namespace) -> int:
-    from rims_rl.agents.copying import format_table, run_copying
+    from rims_rl.agents.copying import format_table, load_copying_config, run_copying
 
-    # Model settings are keyword arguments of the core: RIMs checks them itself.
-    overrides = [*args.set, *([f"train.device={args.device}"] if args.device else [])]
-    config = load_config(args.config, overrides, open_sections=[f"models.{m}" for m in ("rims", "lstm")])
+    flags = [("device", "run.device"), ("out", "run.out")]
+    overrides = _overrides(args, flags) + ([("run.progress", False)] if args.no_progress else [])
+    config = load_copying_config(args.config, overrides)
     if args.models:
-        unknown = sorted(set(args.models) - set(config["models"]))
+        unknown = sorted(set(args.models) - set(config.models))
         if unknown:
-            raise ConfigError(f"--models: unknown {', '.join(unknown)}; the config has {', '.join(config['models'])}")
-        config["models"] = {name: config["models"][name] for name in args.models}
-    results = run_copying(config, args.out, resume=args.resume, progress=not args.no_progress)
-    print(format_table(results, [int(span) for span in config["task"]["eval_spans"]]))
-    print(f"\nresults written to {args.out}/results.md and results.json")
+            raise ConfigError(f"--models: unknown {', '.join(unknown)}; the config has {', '.join(config.models)}")
+        config.models = {name: config.models[name] for name in args.models}
+    results = run_copying(config, resume=args.resume)
+    print(format_table(results, config.task.eval_spans))
+    print(f"\nresults written to {config.run.out}/results.md and results.json")
     return 0
+
+
+TRAIN_FLAGS = [
+    ("env", "env.id"),
+    ("algo", "algo"),
+    ("policy", "policy"),
+    ("seed", "run.seed"),
+    ("total_steps", "total_steps"),
+    ("device", "run.device"),
+    ("out", "run.out"),
+    ("track", "run.track"),
+]
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -34,21 +120,9 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         if args.resume:
-            summary = resume(args.resume, total_steps=args.total_steps, overrides=args.set)
+            summary = resume(args.resume, _overrides(args, [("total_steps", "total_steps")]))
         else:
-            overrides = [*args.set, *([f"run.out={args.out}"] if args.out else [])]
-            config = resolve_config(
-                args.config,
-                overrides,
-                env=args.env,
-                algo=args.algo,
-                policy=args.policy,
-                seed=args.seed,
-                total_steps=args.total_steps,
-                device=args.device,
-                track=True if args.track else None,
-            )
-            summary = train(config)
+            summary = train(resolve_config(args.config, _overrides(args, TRAIN_FLAGS)))
     except TrainingDiverged as error:
         print(f"rims-rl train: {error}", file=sys.stderr)
         return 1
@@ -105,11 +179,6 @@ def _visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_device(args: argparse.Namespace) -> list[str]:
-    """The ``--set`` overrides, plus ``--device`` as ``run.device`` when given."""
-    return [*args.set, *([f"run.device={args.device}"] if args.device else [])]
-
-
 def _show_table(result: dict) -> int:
     """An experiment's Markdown table, then where its files are."""
     print(Path(result["md"]).read_text(), end="")
@@ -124,10 +193,9 @@ def _experiment(args: argparse.Namespace) -> int:
         args.config,
         seeds=args.seeds,
         policies=args.policies,
-        total_steps=args.total_steps,
         episodes=args.episodes,
         out=args.out,
-        overrides=_with_device(args),
+        overrides=_overrides(args, [("total_steps", "total_steps"), ("device", "run.device")]),
     )
     return _show_table(result)
 
@@ -135,8 +203,8 @@ def _experiment(args: argparse.Namespace) -> int:
 def _imitation(args: argparse.Namespace) -> int:
     from rims_rl.agents.imitation import STAGES, load_imitation_config, run
 
-    config = load_imitation_config(args.config, _with_device(args))
-    out = Path(args.out or config["run"]["out"])
+    config = load_imitation_config(args.config, _overrides(args, [("device", "run.device"), ("out", "run.out")]))
+    out = Path(config.run.out)
     try:
         run(config, out, STAGES if args.stage == "run" else (args.stage,))
     except KeyboardInterrupt:
@@ -150,24 +218,23 @@ def _imitation(args: argparse.Namespace) -> int:
 def _transfer(args: argparse.Namespace) -> int:
     from rims_rl.agents.transfer import load_transfer_config, run_transfer
 
-    config = load_transfer_config(
-        args.config,
-        training_overrides=args.set,
-        sources=args.sources,
-        targets=args.targets,
-        policies=args.policy,
-        seeds=args.seeds,
-        source_steps=args.source_steps,
-        target_steps=args.target_steps,
-    )
-    result = run_transfer(config, args.out, device=args.device)
+    choices = [
+        ("sources", "sources"),
+        ("targets", "targets"),
+        ("policy", "policies"),
+        ("seeds", "seeds"),
+        ("source_steps", "source_steps"),
+        ("target_steps", "target_steps"),
+    ]
+    config = load_transfer_config(args.config, _flags(args, choices))
+    result = run_transfer(config, args.out, _overrides(args, [("device", "run.device")]))
     return _show_table(result)
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from rims_rl.agents.sweep import format_table, load_sweep, plan, run_sweep
 
-    sweep = load_sweep(args.config, args.set, out=args.out, device=args.device, workers=args.workers)
+    sweep = load_sweep(args.config, _overrides(args, [("device", "run.device")]), out=args.out, workers=args.workers)
     if args.dry_run:
         print(plan(sweep))
         return 0
@@ -184,7 +251,6 @@ def _ablate(args: argparse.Namespace) -> int:
     from rims_rl.agents.ablation import run_ablation
     from rims_rl.agents.sweep import format_table
 
-    overrides = [*args.set, *([f"total_steps={args.total_steps}"] if args.total_steps else [])]
     result = run_ablation(
         args.config,
         out=args.out,
@@ -192,8 +258,7 @@ def _ablate(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         all_active=args.all_active,
         no_communication=args.no_communication,
-        overrides=overrides,
-        device=args.device,
+        overrides=_overrides(args, [("total_steps", "total_steps"), ("device", "run.device")]),
         workers=args.workers,
         backend=args.backend,
         address=args.address,
@@ -241,56 +306,44 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------- parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rims-rl",
         description="Recurrent Independent Mechanisms for reinforcement learning: experiments from the command line.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    device, runs, backend = _device_parent(), _runs_parent(), _backend_parent()
 
     copying = commands.add_parser(
         "copying",
+        parents=[_config_parent("copying.yaml", "e.g. --set train.updates=200"), device],
         help="train RIMs and an LSTM on the paper's copying task and print a Table-1-shaped report",
         description="Train on the copying task at one dormant span, evaluate at longer spans (paper Table 1).",
     )
-    copying.add_argument(
-        "--config", default="copying.yaml", help="YAML config: a file, or a packaged config name (default: %(default)s)"
-    )
-    copying.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.updates=200 (repeatable; values are YAML)",
-    )
     copying.add_argument("--models", nargs="+", metavar="NAME", help="train only these entries of config 'models'")
-    copying.add_argument("--out", default="runs/copying", help="output folder (default: %(default)s)")
-    copying.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
-    copying.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the config's)")
+    copying.add_argument("--out", help="output folder (default: the config's run.out)")
+    copying.add_argument("--resume", action="store_true", help="continue from the checkpoints in the output folder")
     copying.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     copying.set_defaults(handler=_copying)
 
     train = commands.add_parser(
         "train",
+        parents=[_config_parent("atari/ppo_rims.yaml"), device],
         help="train a recurrent PPO or A2C agent (RIMs or LSTM core) from a YAML config",
         description="Train a recurrent agent. The YAML config holds every default; flags pick among its blocks.",
-    )
-    train.add_argument(
-        "--config",
-        default="atari/ppo_rims.yaml",
-        help="YAML config: a file, or a packaged name such as classic/cartpole.yaml (default: %(default)s)",
     )
     train.add_argument("--env", help="environment: an Atari game in any common form (Pong, ALE/Pong-v5) or a gym id")
     train.add_argument("--algo", choices=["ppo", "a2c"], help="algorithm (default: the config's)")
     train.add_argument("--policy", choices=["rims", "lstm"], help="recurrent core (default: the config's)")
     train.add_argument("--seed", type=int, help="random seed; also names the run folder seed<N>")
     train.add_argument("--total-steps", type=int, help="environment steps to train for (with --resume: the new total)")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the config's)")
     train.add_argument("--out", help="root of the run folders <out>/<env>/<algo>-<policy>/seed<N> (default: runs)")
     train.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
+        "--track", action="store_const", const=True, help="log to wandb (offline unless an API key is configured)"
     )
-    train.add_argument("--track", action="store_true", help="log to wandb (offline unless an API key is configured)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     train.set_defaults(handler=_train)
 
@@ -324,12 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiment = commands.add_parser(
         "experiment-distractors",
+        parents=[_config_parent("minigrid/pickup.yaml"), device],
         help="RIMs vs LSTM on MiniGrid pickup: train seeds, evaluate known and novel distractors, table + plot",
         description="Train each policy and seed on the train split, evaluate on known and novel distractors; "
         "write results.csv, results.md and results.png. Finished runs are reused, unfinished ones resumed.",
-    )
-    experiment.add_argument(
-        "--config", default="minigrid/pickup.yaml", help="YAML config, file or packaged (default: %(default)s)"
     )
     experiment.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     experiment.add_argument(
@@ -339,42 +390,33 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument(
         "--episodes", type=int, default=200, help="evaluation episodes per run and split (default: %(default)s)"
     )
-    experiment.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the config's)")
     experiment.add_argument(
         "--out", default="runs/experiments/distractors", help="output folder (default: %(default)s)"
-    )
-    experiment.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
     )
     experiment.set_defaults(handler=_experiment)
 
     imitation = commands.add_parser(
         "imitation",
+        parents=[_config_parent("mujoco/halfcheetah.yaml", "e.g. --set bc.epochs=50"), device],
         help="behaviour cloning on HalfCheetah from pixels, evaluated under joint noise (paper Table 6)",
         description="Stages: expert (state-based SAC or PPO), collect (rendered expert episodes), bc (sequence BC "
         "per model), evaluate (returns with and without joint noise); run = all, skipping finished ones.",
     )
     imitation.add_argument("stage", choices=["expert", "collect", "bc", "evaluate", "run"], help="stage to run")
-    imitation.add_argument(
-        "--config", default="mujoco/halfcheetah.yaml", help="YAML config, file or packaged (default: %(default)s)"
-    )
     imitation.add_argument("--out", help="output folder (default: the config's run.out)")
-    imitation.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the config's)")
-    imitation.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
-    )
     imitation.set_defaults(handler=_imitation)
 
     transfer = commands.add_parser(
         "transfer",
+        parents=[
+            _config_parent("atari/transfer.yaml", "of the training config in every stage, e.g. --set ppo.n_steps=64"),
+            device,
+        ],
         help="pre-train on source Atari games, fine-tune on targets, compare with training from scratch",
         description="Paper App. C.12.1: one agent per policy and seed trained on the sources in turn, fine-tuned on "
         "each target; the same budget from scratch is the baseline. All stages use the full 18-action set. Writes "
         "results.csv / results.md (per-game transfer and the count of positive-transfer games). Finished runs are "
-        "reused, unfinished ones resumed.",
-    )
-    transfer.add_argument(
-        "--config", default="atari/transfer.yaml", help="transfer YAML, file or packaged (default: %(default)s)"
+        "reused, unfinished ones resumed. --config is the transfer file; --set overrides the training config.",
     )
     transfer.add_argument("--sources", nargs="+", metavar="GAME", help="source games, trained in this order")
     transfer.add_argument("--targets", nargs="+", metavar="GAME", help="target games")
@@ -382,23 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
     transfer.add_argument("--source-steps", type=int, help="training steps per source game")
     transfer.add_argument("--target-steps", type=int, help="steps per target game, fine-tuned and from scratch")
-    transfer.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the config's)")
     transfer.add_argument("--out", default="runs/experiments/transfer", help="output folder (default: %(default)s)")
-    transfer.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a training-config value for every stage, e.g. --set ppo.n_steps=64 (repeatable)",
-    )
     transfer.set_defaults(handler=_transfer)
 
     compare = commands.add_parser(
         "compare",
+        parents=[runs],
         help="learning curves (mean and 95%% CI across seeds) of runs, e.g. RIMs vs LSTM",
         description="Group runs by environment and algo-policy; plot mean and 95%% CI across seeds.",
     )
-    compare.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding them")
     compare.add_argument(
         "--out", default="comparison", help="folder for curves.png and curves.csv (default: %(default)s)"
     )
@@ -412,13 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
+        parents=[runs],
         help="multi-seed report: per-game curves and scores with CIs, improvement over the LSTM, IQM and "
         "performance profiles of human-normalised Atari scores",
         description="Group runs by game and label; write curves.png, improvement.png, aggregates.png and "
         "profiles.png (rliable, human-normalised Atari scores), report.csv and report.md. A run scores the mean "
         "of the last 10% of its evaluations (or training episodes); see docs/design.md, 'Reports'.",
     )
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding them")
     report.add_argument("--out", default="report", help="folder for the report's files (default: %(default)s)")
     report.add_argument(
         "--source",
@@ -443,63 +477,46 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--wandb-project", default="rims-rl", help="wandb project for --track (default: %(default)s)")
     report.set_defaults(handler=_report)
 
+    sweep_config = argparse.ArgumentParser(add_help=False)
+    sweep_config.add_argument(
+        "--config", required=True, help="sweep YAML: a file, or a packaged name such as sweeps/atari_rims_vs_lstm.yaml"
+    )
+    sweep_config.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training-config value in every run (repeatable; values are YAML)",
+    )
     sweep = commands.add_parser(
         "sweep",
+        parents=[sweep_config, device, backend],
         help="train a grid of runs (games x seeds x variants) in a local process pool or on Ray",
         description="Expand a sweep file's grid and variants into training runs, check them all, then bring each "
         "to completion: finished runs are skipped, unfinished ones resumed from their checkpoints, a failed run is "
         "reported without stopping the others. Writes OUT/sweep.json and sweep.csv; exit code 1 if a run failed.",
     )
-    sweep.add_argument(
-        "--config", required=True, help="sweep YAML: a file, or a packaged name such as sweeps/atari_rims_vs_lstm.yaml"
-    )
-    sweep.add_argument(
-        "--backend",
-        choices=["local", "ray"],
-        default="local",
-        help="local: a bounded process pool on this machine; ray: tasks on a Ray cluster (default: %(default)s)",
-    )
-    sweep.add_argument(
-        "--address",
-        help="with --backend ray: the cluster to join, e.g. auto or HOST:6379 (default: start a local Ray instance)",
-    )
-    sweep.add_argument("--workers", type=int, help="runs at a time (default: the sweep's workers, else one per core)")
-    sweep.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], help="torch device of every run (default: the config's)"
-    )
     sweep.add_argument("--out", help="output root for the run folders and the summary (default: the sweep's out)")
-    sweep.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a training-config value in every run (repeatable)",
-    )
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded grid and what each run would do")
     sweep.set_defaults(handler=_sweep)
 
     ablate = commands.add_parser(
         "ablate",
+        parents=[
+            _config_parent("sweeps/atari_ablation.yaml", "of the training config, e.g. --set env.n_envs=4"),
+            device,
+            backend,
+        ],
         help="RIMs vs RIMs without input attention vs LSTM (paper Fig. 25): a sweep, then one report",
         description="Train the ablation grid (games x seeds x variants, identical PPO settings) as a sweep, then "
-        "write one report over its runs to OUT/report. The grid that ran is saved as OUT/ablation.yaml.",
-    )
-    ablate.add_argument(
-        "--config",
-        default="sweeps/atari_ablation.yaml",
-        help="ablation sweep YAML, file or packaged (default: %(default)s)",
+        "write one report over its runs to OUT/report. The grid that ran is saved as OUT/ablation.yaml. --config "
+        "is the ablation's sweep file; --set overrides the training config.",
     )
     ablate.add_argument("--games", nargs="+", metavar="GAME", help="environments (default: the file's env.id list)")
     ablate.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the file's run.seed list)")
     ablate.add_argument("--all-active", action="store_true", help="add the k_active = num_units variant")
     ablate.add_argument("--no-communication", action="store_true", help="add the RIMs-without-communication variant")
     ablate.add_argument("--total-steps", type=int, help="training steps per run (default: the training config's)")
-    ablate.add_argument(
-        "--backend", choices=["local", "ray"], default="local", help="where runs execute (default: %(default)s)"
-    )
-    ablate.add_argument("--address", help="with --backend ray: the cluster to join (default: a local Ray instance)")
-    ablate.add_argument("--workers", type=int, help="local backend: runs at a time (default: one per core)")
-    ablate.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device (default: the config's)")
     ablate.add_argument("--out", help="output folder (default: the file's out)")
     ablate.add_argument(
         "--source",
@@ -508,9 +525,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="report scores from periodic evaluations or training episodes (default: %(default)s)",
     )
     ablate.add_argument("--track", action="store_true", help="also send the report to wandb (offline without a key)")
-    ablate.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a training-config value (repeatable)"
-    )
     ablate.set_defaults(handler=_ablate)
     return parser
 
@@ -519,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, ValueError) as error:
+    except ConfigError as error:
         print(f"rims-rl {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,782 @@
+"""Every config rims-rl reads, typed: one schema, loaded, overridden and checked the same way by every command.
+
+The YAML files under ``configs/`` are the single source of defaults. The dataclasses here say what each
+file holds: names, types and ranges, and no default values of their own (an optional field's ``None``
+means the library's own default, such as sb3-contrib's for a PPO setting the file leaves out).
+
+- :func:`load` reads a file (a path, or a name inside the packaged ``configs/``), applies overrides and
+  returns the typed config; :func:`parse` does the same for a mapping. Overrides are ``(dotted key,
+  value)`` pairs with typed values: the command line parses ``--set key=value`` once, as YAML
+  (:func:`parse_set`), and flags such as ``--device`` become one pair each, so a setting has one route.
+- Every problem is a :class:`ConfigError` with one line naming the key: unknown keys (with the closest
+  names), missing ones, wrong types, values out of range, impossible combinations. Nothing is built to
+  be checked; all of it happens before any environment starts.
+- :func:`to_dict` turns a config back into plain data (what a run folder's ``config.yaml`` holds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+
+__all__ = [
+    "A2CConfig",
+    "ConfigError",
+    "CopyingConfig",
+    "EnvConfig",
+    "ImitationConfig",
+    "LSTMConfig",
+    "PPOConfig",
+    "PolicyConfig",
+    "RIMsConfig",
+    "RunConfig",
+    "SweepConfig",
+    "TrainConfig",
+    "TransferConfig",
+    "load",
+    "parse",
+    "parse_set",
+    "read_yaml",
+    "resolve_path",
+    "to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """Input that cannot be used (a config, an override, a flag, a run folder): the message says what and
+    where, in one line. The command line prints it and exits with status 2."""
+
+
+# ----------------------------------------------------------------------------------------- engine
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number: ``low <= x <= high`` (``<`` where open); None for no bound."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, value: float, where: str) -> None:
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if not (low_ok and high_ok and math.isfinite(value)):
+            left = "(" if self.low_open or self.low is None else "["
+            right = ")" if self.high_open or self.high is None else "]"
+            low = "-inf" if self.low is None else f"{self.low:g}"
+            high = "inf" if self.high is None else f"{self.high:g}"
+            raise ConfigError(f"{where} must be in {left}{low}, {high}{right}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A string matching a regular expression (``what`` names the form in the error)."""
+
+    regex: str
+    what: str
+
+    def check(self, value: str, where: str) -> None:
+        if not re.fullmatch(self.regex, value):
+            raise ConfigError(f"{where} must be {self.what}, got {value!r}")
+
+
+Count = Annotated[int, Range(1)]  # a positive integer
+Natural = Annotated[int, Range(0)]  # zero or more
+Probability = Annotated[float, Range(0.0, 1.0)]
+PositiveFloat = Annotated[float, Range(0.0, None, low_open=True)]
+NonNegativeFloat = Annotated[float, Range(0.0)]
+# Sizes of a network: large enough for any model these experiments use, small enough to fit in memory.
+Size = Annotated[int, Range(1, 65_536)]
+Seed = Annotated[int, Range(0, 2**32 - 1)]
+Label = Annotated[str, Pattern(r"[A-Za-z0-9_.+-]+", "a name of letters, digits and _.+- only")]
+# A learning rate or clip range: a positive number, or lin_X for a linear decay from X to 0 over training
+# (rl-zoo's notation).
+Schedule = Annotated[
+    Union[float, str],  # noqa: UP007
+    Range(0.0, None, low_open=True),
+    Pattern(r"lin_(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", "a positive number or lin_<positive number>"),
+]
+Device = Annotated[str, Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu or cuda[:N]")]
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        return _describe(args[0])
+    if origin is Literal:
+        return " or ".join(map(str, args))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None)) + (
+            " or null" if type(None) in args else ""
+        )
+    if origin is list:
+        item = _describe(args[0])
+        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings"}.get(item, item)
+        return f"a list of {plural}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(hint):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _number(value: Any) -> Any:
+    """A string that reads as a number, as that number: YAML 1.1 reads 1e-4 (no dot) as a string, and a
+    user typing it means a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the shape of ``hint`` (mapping, list, string, number, bool), whatever its contents."""
+    base = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+    origin = typing.get_origin(base)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(base))
+    if isinstance(value, Mapping):
+        return origin is dict or dataclasses.is_dataclass(base) or base is Any
+    if isinstance(value, list):
+        return origin is list or base is Any
+    if isinstance(value, bool):
+        return base in (bool, Any) or origin is Literal
+    if isinstance(value, (int, float)):
+        return base in (int, float, Any) or origin is Literal
+    if isinstance(value, str):
+        return base in (str, Any) or origin is Literal
+    return True
+
+
+def _value(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against the annotation ``hint`` (and converted where YAML is loose)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        base, *constraints = args
+        value = _value(value, base, where)
+        for constraint in constraints:
+            # A number takes the Range, a string the Pattern (a Schedule is either).
+            if isinstance(value, str) == isinstance(constraint, Pattern):
+                constraint.check(value, where)
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if float in options:
+            value = _number(value)
+        # The option of the value's shape decides (so that its own error is the one reported).
+        fitting = [option for option in options if _fits(value, option)]
+        if len(fitting) == 1:
+            return _value(value, fitting[0], where)
+        for option in fitting:
+            try:
+                return _value(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} must be {_describe(hint)}, got {value!r}")
+    if origin is Literal:
+        if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args):
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be {_describe(hint)}, got {value!r}")
+        return [_value(item, args[0], f"{where}[{index}]") for index, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        for key in value:
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"{where}: keys must be non-empty strings, got {key!r}")
+        return {key: _value(item, args[1], f"{where}.{key}") for key, item in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return parse(hint, value, where)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        value = _number(value)
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            value = int(value)  # 1e6 written for a step count
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        value = _number(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {hint!r} at {where}")
+
+
+def _unknown(where: str, key: str, known: Iterable[str]) -> ConfigError:
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
+    name = f"{where}.{key}" if where else key
+    return ConfigError(f"unknown config key {name!r}{hint}")
+
+
+def parse(cls: type, data: Any, where: str = ""):
+    """An instance of the config dataclass ``cls`` from plain data, checked in full.
+
+    A class may take keys it does not declare into one ``dict`` field named by its ``EXTRA`` class
+    attribute (settings that depend on another value, checked by its ``check``), and may check
+    combinations of fields in a ``check(where)`` method (``where``: its dotted path, for messages),
+    raising :class:`ConfigError`.
+    """
+    label = where or cls.__name__
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{label} must be a mapping of keys to values, got {data!r}")
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    extra_field = getattr(cls, "EXTRA", None)
+    declared = set(fields) - {extra_field}
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in declared:
+            values[key] = _value(value, hints[key], f"{where}.{key}" if where else key)
+        elif extra_field is not None and isinstance(key, str):
+            extra[key] = value
+        else:
+            raise _unknown(where, str(key), declared)
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in values
+        and name != extra_field
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{label} lacks {', '.join(missing)}")
+    if extra_field is not None:
+        values[extra_field] = extra
+    instance = cls(**values)
+    check = getattr(instance, "check", None)
+    if check is not None:
+        check(where)
+    return instance
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain data (dicts, lists, numbers, strings) of a config, as a file would hold it; optional fields
+    left unset are left out, as they would be from a file."""
+    result = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == getattr(type(config), "EXTRA", None):
+            result.update(value)
+        elif value is not None or f.default is not None:
+            result[f.name] = _plain(value)
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def resolve_path(name: str | Path) -> Path:
+    """A config given as a file path, or by its path inside the packaged ``configs/`` folder."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = resources.files("rims_rl.configs").joinpath(str(name))
+    if packaged.is_file():
+        return Path(str(packaged))
+    raise ConfigError(f"config not found: {name} (neither a file nor a packaged config)")
+
+
+def read_yaml(name: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file (a path or a packaged name)."""
+    path = resolve_path(name)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML: {first}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``"a.b=value"`` (the command line's ``--set``) as ``("a.b", value)``, the value read as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r} is not of the form key=value (e.g. ppo.n_steps=64)")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+    return key, value
+
+
+def _field_hint(cls: Any, name: str) -> Any:
+    """The annotation of field ``name`` of a config class, through Optional and Annotated."""
+    hint = _hints(cls)[name]
+    while True:
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if origin is Annotated:
+            hint = args[0]
+        elif origin in (Union, types.UnionType) and type(None) in args and len(args) == 2:
+            hint = next(a for a in args if a is not type(None))
+        else:
+            return hint
+
+
+def apply(cls: type, data: Mapping[str, Any], overrides: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """A copy of the plain ``data`` of config class ``cls`` with each ``(dotted key, value)`` set.
+
+    A key must exist in the schema (not only in the file): its sections are followed through the
+    dataclasses, and inside a mapping-typed field any key is allowed (the field's own type checks it).
+    """
+    result = _copy(data)
+    for key, value in overrides:
+        parts = key.split(".")
+        node: Any = result
+        schema: Any = cls
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            path = ".".join(parts[: depth + 1])
+            if schema is not None and dataclasses.is_dataclass(schema):
+                names = {f.name for f in dataclasses.fields(schema)} - {getattr(schema, "EXTRA", None)}
+                if part not in names and getattr(schema, "EXTRA", None) is None:
+                    raise _unknown(".".join(parts[:depth]), part, names)
+                schema = _field_hint(schema, part) if part in names else Any
+            elif typing.get_origin(schema) is dict:
+                schema = typing.get_args(schema)[1]
+            elif schema is not Any:
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is not a section")
+            if last:
+                if not isinstance(node, dict):
+                    raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is not a section")
+                if isinstance(node.get(part), dict) and not isinstance(value, dict):
+                    raise ConfigError(f"--set {key}: {path} is a section; set one of its keys instead")
+                node[part] = value
+            else:
+                if not isinstance(node, dict):
+                    raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is not a section")
+                if not isinstance(node.get(part), dict):
+                    if part in node and node[part] is not None:
+                        raise ConfigError(f"--set {key}: {path} is not a section")
+                    node[part] = {}
+                node = node[part]
+    return result
+
+
+def _copy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {key: _copy(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_copy(item) for item in data]
+    return data
+
+
+def load(cls: type, source: str | Path | Mapping[str, Any], overrides: Iterable[tuple[str, Any]] = ()):
+    """The config of class ``cls`` from a YAML file (path or packaged name) or a mapping, with
+    ``overrides`` applied, checked in full."""
+    data = read_yaml(source) if isinstance(source, (str, Path)) else source
+    return parse(cls, apply(cls, data, overrides))
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+# ------------------------------------------------------------------------------------ the configs
+
+
+@dataclass
+class RIMsConfig:
+    """Arguments of :class:`rims_rl.RIMs` (besides ``input_size``); unset ones keep the module's own
+    defaults, the paper's Table 3."""
+
+    unit_size: Size
+    num_units: Annotated[int, Range(1, 1024)]
+    k_active: Count
+    cell: Literal["lstm", "gru"] | None = None
+    input_heads: Annotated[int, Range(1, 256)] | None = None
+    input_key_size: Size | None = None
+    input_value_size: Size | None = None
+    comm_heads: Annotated[int, Range(1, 256)] | None = None
+    comm_key_size: Size | None = None
+    comm_value_size: Size | None = None
+    input_dropout: Annotated[float, Range(0.0, 1.0, high_open=True)] | None = None
+    comm_dropout: Annotated[float, Range(0.0, 1.0, high_open=True)] | None = None
+    input_attention: bool | None = None
+    communication: bool | None = None
+
+    def check(self, where: str) -> None:
+        from rims_rl.rims import RIMs  # the module's own rules for its arguments (k_active <= num_units, ...)
+
+        try:
+            RIMs.check_arguments(**self.kwargs())
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        width = self.unit_size * self.num_units
+        _check(width <= 65_536, f"{where}: num_units x unit_size = {width} is more than 65,536")
+
+    def kwargs(self) -> dict[str, Any]:
+        """The module's keyword arguments: the ones set."""
+        return {key: value for key, value in to_dict(self).items() if value is not None}
+
+
+@dataclass
+class LSTMConfig:
+    """The LSTM baseline of the training configs (:class:`rims_rl.policies.LstmPolicy`)."""
+
+    lstm_hidden_size: Size
+
+
+@dataclass
+class CoreConfig:
+    """A recurrent core outside the RL policies (copying task, imitation): ``core: rims`` with
+    :class:`RIMsConfig`'s keys, or ``core: lstm`` with ``hidden_size`` and an optional ``forget_bias``
+    (the initial bias of the forget gate)."""
+
+    EXTRA = "settings"
+    core: Literal["rims", "lstm"]
+    settings: dict[str, Any]
+
+    def check(self, where: str) -> None:
+        if self.core == "rims":
+            self.settings = to_dict(parse(RIMsConfig, self.settings, where))
+        else:
+            self.settings = to_dict(parse(_LSTMCoreSettings, self.settings, where))
+        self.settings = {key: value for key, value in self.settings.items() if value is not None}
+
+
+@dataclass
+class _LSTMCoreSettings:
+    hidden_size: Size
+    forget_bias: Annotated[float, Range(-100.0, 100.0)] | None = None
+
+
+@dataclass
+class AtariOptions:
+    """The Atari settings of an ``env:`` section (see :func:`rims_rl.envs.atari.make_atari_env`)."""
+
+    backend: Literal["ale", "sb3"] | None = None
+    frame_stack: Annotated[int, Range(1, 32)] | None = None
+    noop_max: Annotated[int, Range(0, 10_000)] | None = None
+    sticky_actions: Annotated[float, Range(0.0, 1.0, high_open=True)] | None = None
+    episodic_life: bool | None = None
+    clip_rewards: bool | None = None
+    full_action_space: bool | None = None
+    max_episode_frames: Count | None = None
+
+
+@dataclass
+class EnvConfig:
+    """``env:``: the environment id, how many run in parallel, and the settings of its kind (Atari
+    preprocessing, MiniGrid's mission length, our pickup task's pools), checked for that kind."""
+
+    EXTRA = "options"
+    id: str
+    n_envs: Annotated[int, Range(1, 1024)]
+    options: dict[str, Any]
+
+    def check(self, where: str) -> None:
+        from rims_rl.envs import check_env_settings, env_kind
+
+        try:
+            kind = env_kind(self.id)
+            if kind == "atari":
+                parse(AtariOptions, self.options, where)
+            check_env_settings({"id": self.id, "n_envs": self.n_envs, **self.options})
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+    def settings(self) -> dict[str, Any]:
+        """What :func:`rims_rl.envs.make_env` takes."""
+        return to_dict(self)
+
+
+@dataclass
+class PPOConfig:
+    """``ppo:``: sb3-contrib ``RecurrentPPO`` settings; unset optional ones keep sb3-contrib's defaults."""
+
+    learning_rate: Schedule
+    n_steps: Annotated[int, Range(1, 1_000_000)]
+    batch_size: Annotated[int, Range(2, 10_000_000)]
+    n_epochs: Annotated[int, Range(1, 1000)]
+    gamma: Annotated[float, Range(0.0, 1.0, low_open=True)]
+    gae_lambda: Probability
+    clip_range: Schedule
+    vf_coef: NonNegativeFloat
+    ent_coef: NonNegativeFloat
+    max_grad_norm: PositiveFloat
+    clip_range_vf: PositiveFloat | None = None
+    normalize_advantage: bool | None = None
+    target_kl: PositiveFloat | None = None
+
+
+@dataclass
+class A2CConfig:
+    """``a2c:``: :class:`rims_rl.agents.algorithms.RecurrentA2C` settings."""
+
+    learning_rate: Schedule
+    n_steps: Annotated[int, Range(1, 1_000_000)]
+    gamma: Annotated[float, Range(0.0, 1.0, low_open=True)]
+    gae_lambda: Probability
+    ent_coef: NonNegativeFloat
+    vf_coef: NonNegativeFloat
+    max_grad_norm: PositiveFloat
+    rms_prop_eps: PositiveFloat | None = None
+    use_rms_prop: bool | None = None
+
+
+@dataclass
+class PolicyConfig:
+    """``policy_kwargs:``, shared by the RIMs and LSTM policies."""
+
+    critic_core: Literal["shared", "separate", "none"]
+    features_extractor: Literal["nature_cnn", "flatten", "combined", "minigrid"]
+    net_arch: list[Size] | dict[str, list[Size]]
+    ortho_init: bool
+
+    def check(self, where: str) -> None:
+        if isinstance(self.net_arch, dict):
+            unknown = sorted(set(self.net_arch) - {"pi", "vf"})
+            _check(not unknown, f"{where}.net_arch: keys must be pi and vf, got {', '.join(unknown)}")
+
+
+@dataclass
+class RunConfig:
+    """``run:``: where a training run lives, how it is logged, checkpointed and evaluated."""
+
+    seed: Seed
+    device: Device
+    out: str
+    checkpoint_every: Natural
+    eval_every: Natural
+    eval_episodes: Annotated[int, Range(0, 100_000)]
+    eval_deterministic: bool
+    progress: bool
+    track: bool
+    wandb_project: str
+    label: Label | None
+    init_from: str | None
+
+
+@dataclass
+class TrainConfig:
+    """A training run (``rims-rl train``): ``configs/atari/ppo_rims.yaml`` and its siblings."""
+
+    env: EnvConfig
+    algo: Literal["ppo", "a2c"]
+    total_steps: Annotated[int, Range(1, 10**12)]
+    policy: Literal["rims", "lstm"]
+    policy_kwargs: PolicyConfig
+    run: RunConfig
+    ppo: PPOConfig | None = None
+    a2c: A2CConfig | None = None
+    rims: RIMsConfig | None = None
+    lstm: LSTMConfig | None = None
+
+    def check(self, where: str) -> None:
+        for choice in (self.algo, self.policy):
+            _check(getattr(self, choice) is not None, f"the config chooses {choice}, but has no {choice} section")
+        if self.algo == "ppo":
+            _check(
+                self.ppo.n_steps * self.env.n_envs > 1,
+                "ppo.n_steps x env.n_envs must be more than 1 (a rollout of one step has no minibatch)",
+            )
+
+    @property
+    def hyperparameters(self) -> PPOConfig | A2CConfig:
+        """The section of the chosen algorithm."""
+        return getattr(self, self.algo)
+
+
+@dataclass
+class CopyingTask:
+    digits: Annotated[int, Range(1, 1000)]
+    train_span: Annotated[int, Range(0, 100_000)]
+    eval_spans: list[Annotated[int, Range(0, 100_000)]]
+
+
+@dataclass
+class CopyingTraining:
+    updates: Annotated[int, Range(1, 10**9)]
+    batch_size: Annotated[int, Range(1, 1_000_000)]
+    lr: PositiveFloat
+    grad_clip: PositiveFloat
+    eval_every: Count
+    eval_sequences: Annotated[int, Range(1, 1_000_000)]
+
+
+@dataclass
+class CopyingRun:
+    seed: Seed
+    device: Device
+    out: str
+    progress: bool
+
+
+@dataclass
+class CopyingConfig:
+    """The copying task (``rims-rl copying``, ``configs/copying.yaml``)."""
+
+    task: CopyingTask
+    train: CopyingTraining
+    models: dict[str, CoreConfig]
+    run: CopyingRun
+
+    def check(self, where: str) -> None:
+        _check(bool(self.models), "models must name at least one model")
+        _check(bool(self.task.eval_spans), "task.eval_spans must list at least one span")
+
+
+@dataclass
+class ImitationEnv:
+    size: Annotated[int, Range(8, 1024)]
+    frame_stack: Annotated[int, Range(1, 32)]
+    camera: str
+    gl: Literal["egl", "osmesa", "glfw"]
+    max_episode_steps: Count
+
+
+@dataclass
+class ImitationExpert:
+    algo: Literal["ppo", "sac"]
+    total_steps: Count
+    normalize: bool
+    eval_episodes: Count
+    checkpoint_every: Natural
+    ppo: dict[str, Any]  # SB3 PPO's keyword arguments, plus log_std_init and net_arch
+    sac: dict[str, Any]  # SB3 SAC's keyword arguments, plus net_arch
+
+    def check(self, where: str) -> None:
+        for name in ("ppo", "sac"):
+            arch = getattr(self, name).get("net_arch")
+            _value(arch, list[Size], f"{where}.{name}.net_arch")
+
+
+@dataclass
+class ImitationCollect:
+    episodes: Count
+    deterministic: bool
+    action_noise: NonNegativeFloat
+
+
+@dataclass
+class ImitationBC:
+    models: dict[str, CoreConfig]
+    features: Size
+    window: Annotated[int, Range(1, 100_000)]
+    batch_size: Annotated[int, Range(1, 100_000)]
+    epochs: Count
+    learning_rate: PositiveFloat
+    lr_decay: Literal["linear", "none"]
+    random_shift: Annotated[int, Range(0, 64)]
+    max_grad_norm: PositiveFloat
+    checkpoint_every: Count
+
+    def check(self, where: str) -> None:
+        _check(bool(self.models), f"{where}.models must name at least one model")
+
+
+@dataclass
+class ImitationEvaluate:
+    joint_noise: NonNegativeFloat
+    episodes: Count
+    seeds: list[Seed]
+
+
+@dataclass
+class ImitationRun:
+    out: str
+    seed: Seed
+    device: Device
+    progress: bool
+
+
+@dataclass
+class ImitationConfig:
+    """HalfCheetah imitation from pixels (``rims-rl imitation``, ``configs/mujoco/halfcheetah.yaml``)."""
+
+    env: ImitationEnv
+    expert: ImitationExpert
+    collect: ImitationCollect
+    bc: ImitationBC
+    evaluate: ImitationEvaluate
+    run: ImitationRun
+
+
+@dataclass
+class SweepConfig:
+    """A grid of training runs (``rims-rl sweep``, ``configs/sweeps/*.yaml``); see :mod:`rims_rl.agents.sweep`."""
+
+    config: str
+    out: str
+    grid: dict[str, list[Any]]
+    variants: dict[str, dict[str, Any]] | None = None
+    overrides: dict[str, Any] | None = None
+    workers: Annotated[int, Range(1, 4096)] | None = None
+    gpus_per_run: PositiveFloat | None = None
+
+    def check(self, where: str) -> None:
+        _check(bool(self.grid), "grid is empty; give at least one config key and its values, e.g. run.seed: [0]")
+        for key, values in self.grid.items():
+            _check(bool(values), f"grid.{key} must be a non-empty list of values")
+        if self.variants is not None:
+            _check(bool(self.variants), "variants is empty; leave it out for a single unnamed variant")
+            for name in self.variants:
+                _value(name, Label, f"variant name {name!r}")
+
+
+@dataclass
+class TransferConfig:
+    """Transfer between Atari games (``rims-rl transfer``, ``configs/atari/transfer.yaml``)."""
+
+    config: str
+    sources: list[str]
+    targets: list[str]
+    source_steps: Count
+    target_steps: Count
+    seeds: list[Seed]
+    policies: list[Literal["rims", "lstm"]]
+    overrides: dict[str, Any]
+
+    def check(self, where: str) -> None:
+        for key in ("sources", "targets", "seeds", "policies"):
+            _check(bool(getattr(self, key)), f"{key} must be a non-empty list")
