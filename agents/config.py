@@ -70,6 +70,10 @@ class Range:
     low_open: bool = False
     high_open: bool = False
 
+    @staticmethod
+    def applies(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
     def check(self, value: float, where: str) -> None:
         low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
         high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
@@ -88,9 +92,30 @@ class Pattern:
     regex: str
     what: str
 
+    @staticmethod
+    def applies(value: Any) -> bool:
+        return isinstance(value, str)
+
     def check(self, value: str, where: str) -> None:
         if not re.fullmatch(self.regex, value):
             raise ConfigError(f"{where} must be {self.what}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Available:
+    """A torch device this machine has (``auto`` always: a GPU when there is one)."""
+
+    @staticmethod
+    def applies(value: Any) -> bool:
+        return isinstance(value, str)
+
+    def check(self, value: str, where: str) -> None:
+        from rims_rl.utils import resolve_device
+
+        try:
+            resolve_device(value)
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}") from None
 
 
 Count = Annotated[int, Range(1)]  # a positive integer
@@ -109,7 +134,7 @@ Schedule = Annotated[
     Range(0.0, None, low_open=True),
     Pattern(r"lin_(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", "a positive number or lin_<positive number>"),
 ]
-Device = Annotated[str, Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu or cuda[:N]")]
+Device = Annotated[str, Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu or cuda[:N]"), Available()]
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -175,7 +200,7 @@ def _value(value: Any, hint: Any, where: str) -> Any:
         value = _value(value, base, where)
         for constraint in constraints:
             # A number takes the Range, a string the Pattern (a Schedule is either).
-            if isinstance(value, str) == isinstance(constraint, Pattern):
+            if constraint.applies(value):
                 constraint.check(value, where)
         return value
     if origin in (Union, types.UnionType):
@@ -531,35 +556,34 @@ class EnvConfig:
 
 
 @dataclass
-class PPOConfig:
-    """``ppo:``: sb3-contrib ``RecurrentPPO`` settings; unset optional ones keep sb3-contrib's defaults."""
+class _OnPolicyConfig:
+    """What PPO and A2C share."""
 
     learning_rate: Schedule
     n_steps: Annotated[int, Range(1, 1_000_000)]
-    batch_size: Annotated[int, Range(2, 10_000_000)]
-    n_epochs: Annotated[int, Range(1, 1000)]
     gamma: Annotated[float, Range(0.0, 1.0, low_open=True)]
     gae_lambda: Probability
-    clip_range: Schedule
-    vf_coef: NonNegativeFloat
     ent_coef: NonNegativeFloat
+    vf_coef: NonNegativeFloat
     max_grad_norm: PositiveFloat
+
+
+@dataclass
+class PPOConfig(_OnPolicyConfig):
+    """``ppo:``: sb3-contrib ``RecurrentPPO`` settings; unset optional ones keep sb3-contrib's defaults."""
+
+    batch_size: Annotated[int, Range(2, 10_000_000)]
+    n_epochs: Annotated[int, Range(1, 1000)]
+    clip_range: Schedule
     clip_range_vf: PositiveFloat | None = None
     normalize_advantage: bool | None = None
     target_kl: PositiveFloat | None = None
 
 
 @dataclass
-class A2CConfig:
+class A2CConfig(_OnPolicyConfig):
     """``a2c:``: :class:`rims_rl.agents.algorithms.RecurrentA2C` settings."""
 
-    learning_rate: Schedule
-    n_steps: Annotated[int, Range(1, 1_000_000)]
-    gamma: Annotated[float, Range(0.0, 1.0, low_open=True)]
-    gae_lambda: Probability
-    ent_coef: NonNegativeFloat
-    vf_coef: NonNegativeFloat
-    max_grad_norm: PositiveFloat
     rms_prop_eps: PositiveFloat | None = None
     use_rms_prop: bool | None = None
 
