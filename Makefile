@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-ray lint bench bench-train copying experiment-distractors imitation clean
+.PHONY: install demo test test-slow test-ray test-zoo lint bench bench-train bench-compare copying experiment-distractors imitation clean
 
 install: $(STAMP)
 
@@ -21,24 +21,40 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "from rims_rl import native; native.build()"
 	touch $@
 
-# The main job on a small default: RIMs-PPO on Pong for a couple of minutes on a CPU, then a
-# full-game evaluation and the learning-curve plot (runs/demo/comparison/curves.png).
-DEMO_STEPS ?= 16384
+# The main job on a small default: RIMs and the LSTM baseline side by side on CartPole without velocities
+# (a memory task), 100k steps each, both at once (about 5 minutes on a 2-core CPU); then both evaluated,
+# their learning curves in one plot (runs/demo/comparison/curves.png) and the RIMs units' activations over
+# an episode (runs/demo/rims/seed0/visualize/).
 demo: install
 	rm -rf runs/demo
-	$(BIN)/rims-rl train --config atari/ppo_rims.yaml --env Pong --total-steps $(DEMO_STEPS) --out runs/demo \
-		--set run.eval_every=8192 --set run.eval_episodes=2 --set run.checkpoint_every=8192
-	$(BIN)/rims-rl evaluate runs/demo/Pong/ppo-rims/seed0 --episodes 2
+	$(BIN)/rims-rl sweep --config sweeps/demo.yaml --out runs/demo
+	$(BIN)/rims-rl evaluate runs/demo/rims/seed0 --episodes 10
+	$(BIN)/rims-rl evaluate runs/demo/lstm/seed0 --episodes 10
 	$(BIN)/rims-rl compare runs/demo --out runs/demo/comparison
+	$(BIN)/rims-rl visualize runs/demo/rims/seed0
+	@echo "Next, Atari (hours on a CPU; a GPU is used when there is one):"
+	@echo "  $(BIN)/rims-rl train --config atari/ppo_rims.yaml --env Pong"
+	@echo "  $(BIN)/rims-rl train --config atari/ppo_rims.yaml --env Pong --policy lstm"
+	@echo "  $(BIN)/rims-rl compare runs/Pong"
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Learning checks that take minutes (default policies on CartPole without velocities).
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 # The Ray backend of `rims-rl sweep` on a local Ray instance: installs the optional ray extra into .venv
 # (plain `make test` skips these tests when ray is missing).
 test-ray: install
 	$(BIN)/python -m pip install --quiet -e ".[ray]"
 	$(BIN)/python -m pytest -q -m ray
+
+# rl-zoo3 training, replaying and tuning a RIMs policy from configs/zoo/ppo_lstm.yml: installs the optional
+# zoo extra into .venv (it downgrades pillow through moviepy; plain `make test` skips these tests without it).
+test-zoo: install
+	$(BIN)/python -m pip install --quiet -e ".[zoo]"
+	$(BIN)/python -m pytest -q -m zoo
 
 lint: install
 	$(BIN)/ruff check .
@@ -51,6 +67,16 @@ bench: install
 # End-to-end PPO throughput on Pong: feed-forward, stock CnnLstmPolicy, our LSTM and RIMs policies.
 bench-train: install
 	$(BIN)/python benchmarks/bench_train.py
+
+# Both benchmarks, this checkout against another version side by side (alternating runs, medians, noise):
+# make bench-compare BASE=<git revision> (default: the previous commit). The other version is checked out
+# into build/base with a .venv of its own.
+BASE ?= HEAD~1
+bench-compare: install
+	rm -rf build/base && git worktree prune && git worktree add --detach build/base $(BASE)
+	$(MAKE) -C build/base install TORCH_SPEC="$(TORCH_SPEC)" PYTHON="$(PYTHON)"
+	$(BIN)/python benchmarks/compare_versions.py --baseline build/base --bench core
+	$(BIN)/python benchmarks/compare_versions.py --baseline build/base --bench train -- --iterations 3
 
 # The full copying experiment (paper Table 1); about half an hour on a 2-core CPU.
 copying: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, ClassVar
 
 import numpy as np
@@ -10,7 +11,9 @@ from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.buffers import RecurrentDictRolloutBuffer, RecurrentRolloutBuffer
 from stable_baselines3.common.buffers import BaseBuffer
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.vec_env import VecNormalize
 
+from rims_rl.agents.checkpointing import rng_state, set_rng_state
 from rims_rl.policies import (
     PADDING_START,
     LstmCnnPolicy,
@@ -22,7 +25,7 @@ from rims_rl.policies import (
     RimsPolicy,
 )
 
-__all__ = ["RecurrentA2C", "RimsPPO"]
+__all__ = ["RecurrentA2C", "RimsPPO", "algorithm_state", "restore_algorithm", "set_normalizer"]
 
 
 class _InOrder(BaseBuffer):
@@ -158,3 +161,88 @@ class RecurrentA2C(RimsPPO):
             policy_kwargs=policy_kwargs,
             **kwargs,
         )
+
+
+# ------------------------------------------------------------------------------------- state
+
+
+def algorithm_state(model, rng: dict[str, Any] | None = None, parameters: bool = True) -> dict[str, Any]:
+    """What continuing an SB3 algorithm needs, as tensors and plain data (a checkpoint's payload): its
+    networks and optimizers (SB3's ``get_parameters``) and other torch variables (SAC's entropy
+    coefficient), step and update counters, the recent episodes behind the logged means, the replay
+    buffer of an off-policy algorithm, the statistics of a ``VecNormalize`` env, and ``rng`` (every random
+    stream, :func:`rims_rl.agents.checkpointing.rng_state`); numpy arrays stay numpy (a checkpoint turns
+    them into tensors). Without ``parameters``, all but the networks
+    and optimizers (which do not change while an on-policy algorithm collects)."""
+    _, variables = model._get_torch_save_params()
+    state = {
+        "algorithm": type(model).__name__,
+        **({"parameters": model.get_parameters()} if parameters else {}),
+        "variables": {name: getattr(model, name).detach().clone() for name in variables},
+        "num_timesteps": int(model.num_timesteps),
+        "n_updates": int(getattr(model, "_n_updates", 0)),
+        "episode_num": int(model._episode_num),
+        "episodes": [dict(info) for info in (model.ep_info_buffer or [])],
+        "successes": list(model.ep_success_buffer or []),
+        "rng": rng if rng is not None else rng_state(),
+    }
+    replay = getattr(model, "replay_buffer", None)
+    if replay is not None:
+        filled = replay.buffer_size if replay.full else replay.pos  # only the rows written so far
+        arrays = {name: value[:filled].copy() for name, value in vars(replay).items() if _array(value)}
+        state["replay"] = {"arrays": arrays, "pos": int(replay.pos), "full": bool(replay.full)}
+    env = model.get_env()
+    if isinstance(env, VecNormalize):
+        state["normalizer"] = {
+            "obs": _moments(env.obs_rms),
+            "ret": _moments(env.ret_rms),
+            "returns": np.array(env.returns),
+        }
+    return state
+
+
+def restore_algorithm(model, state: dict[str, Any]) -> None:
+    """Put what :func:`algorithm_state` saved into a freshly built ``model`` (same config), so that its
+    next ``learn(reset_num_timesteps=False)`` continues the run."""
+    model.set_parameters(state["parameters"], exact_match=True, device=model.device)
+    for name, value in state["variables"].items():
+        with torch.no_grad():
+            getattr(model, name).copy_(value)
+    model.num_timesteps = state["num_timesteps"]
+    model._n_updates = state["n_updates"]
+    model._episode_num = state["episode_num"]
+    model.ep_info_buffer = deque(state["episodes"], maxlen=model._stats_window_size)
+    model.ep_success_buffer = deque(state["successes"], maxlen=model._stats_window_size)
+    if "replay" in state:
+        replay = model.replay_buffer
+        for name, value in state["replay"]["arrays"].items():
+            getattr(replay, name)[: len(value)] = value.numpy()
+        replay.pos, replay.full = state["replay"]["pos"], state["replay"]["full"]
+    if "normalizer" in state:
+        set_normalizer(model.get_env(), state["normalizer"])
+    set_rng_state(state["rng"])
+
+
+def set_normalizer(env: VecNormalize, saved: dict[str, Any]) -> None:
+    """Give a ``VecNormalize`` the statistics :func:`algorithm_state` saved (``state["normalizer"]``)."""
+    _set_moments(env.obs_rms, saved["obs"])
+    _set_moments(env.ret_rms, saved["ret"])
+    env.returns[...] = saved["returns"].numpy()
+
+
+def _array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype != object
+
+
+def _moments(stats) -> dict[str, Any]:
+    if isinstance(stats, dict):  # a Dict observation space keeps one RunningMeanStd per key
+        return {key: _moments(value) for key, value in stats.items()}
+    return {"mean": np.array(stats.mean), "var": np.array(stats.var), "count": float(stats.count)}
+
+
+def _set_moments(stats, saved: dict[str, Any]) -> None:
+    if isinstance(stats, dict):
+        for key, value in stats.items():
+            _set_moments(value, saved[key])
+        return
+    stats.mean, stats.var, stats.count = saved["mean"].numpy().copy(), saved["var"].numpy().copy(), saved["count"]

@@ -4,8 +4,9 @@ Flags shared by several commands are declared once, in the parent parsers below.
 into a config: ``--set key=value`` (read as YAML, typed from there on) or the flag that names it
 (``--device`` is ``run.device`` everywhere, ``--out`` ``run.out``, ``--seed`` ``run.seed``, ...), both
 as ``(key, value)`` overrides that the config schema checks (:mod:`rims_rl.agents.config`). Our own errors
-(:class:`~rims_rl.agents.config.ConfigError`: bad input, before any work) print one line and exit 2; any
-other exception is a bug and keeps its traceback.
+(:class:`~rims_rl.agents.config.ConfigError`: bad input, before any work) print one line and exit 2; a run
+that cannot go on (:class:`~rims_rl.agents.runs.RunError`: a full disk, a diverged model) one line
+and exit 1; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rims_rl.agents.config import ConfigError, parse_set
+from rims_rl.agents.runs import RunError
 
 __all__ = ["build_parser", "main"]
 
@@ -89,14 +91,9 @@ def _overrides(args: argparse.Namespace, flags: Iterable[tuple[str, str]] = ()) 
 def _copying(args: argparse.Namespace) -> int:
     from rims_rl.agents.copying import format_table, load_copying_config, run_copying
 
-    flags = [("device", "run.device"), ("out", "run.out")]
+    flags = [("device", "run.device"), ("out", "run.out"), ("models", "run.models")]
     overrides = _overrides(args, flags) + ([("run.progress", False)] if args.no_progress else [])
     config = load_copying_config(args.config, overrides)
-    if args.models:
-        unknown = sorted(set(args.models) - set(config.models))
-        if unknown:
-            raise ConfigError(f"--models: unknown {', '.join(unknown)}; the config has {', '.join(config.models)}")
-        config.models = {name: config.models[name] for name in args.models}
     results = run_copying(config, resume=args.resume)
     print(format_table(results, config.task.eval_spans))
     print(f"\nresults written to {config.run.out}/results.md and results.json")
@@ -115,17 +112,26 @@ TRAIN_FLAGS = [
 ]
 
 
-def _train(args: argparse.Namespace) -> int:
-    from rims_rl.agents.train import TrainingDiverged, resolve_config, resume, train
+# Flags that choose a new run's experiment or folder; a resumed run keeps its own (a config key may be --set,
+# and is then checked by the resume contract).
+NEW_RUN_ONLY = ("--config", "--env", "--algo", "--policy", "--seed", "--out")
 
-    try:
-        if args.resume:
-            summary = resume(args.resume, _overrides(args, [("total_steps", "total_steps")]))
-        else:
-            summary = train(resolve_config(args.config, _overrides(args, TRAIN_FLAGS)))
-    except TrainingDiverged as error:
-        print(f"rims-rl train: {error}", file=sys.stderr)
-        return 1
+
+def _train(args: argparse.Namespace) -> int:
+    from rims_rl.agents.train import resolve_config, resume, train
+
+    if args.resume:
+        # train's parser takes no abbreviations, so a flag given is a token of the command line.
+        given = [flag for flag in NEW_RUN_ONLY if any(t == flag or t.startswith(f"{flag}=") for t in args.argv)]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} does not apply with --resume: a resumed run keeps its experiment and folder "
+                "(--total-steps, --device, --track and --set of the budget, evaluation and checkpoint keys may change)"
+            )
+        flags = [("total_steps", "total_steps"), ("device", "run.device"), ("track", "run.track")]
+        summary = resume(args.resume, _overrides(args, flags))
+    else:
+        summary = train(resolve_config(args.config, _overrides(args, TRAIN_FLAGS)))
     if summary["interrupted_by"] is not None:
         print(
             f"rims-rl train: stopped by signal {summary['interrupted_by']} at step {summary['num_timesteps']}; "
@@ -241,6 +247,8 @@ def _sweep(args: argparse.Namespace) -> int:
     result = run_sweep(sweep, backend=args.backend, address=args.address)
     print(format_table(result["results"]))
     print(f"summary: {result['json']} and {result['csv']}; logs: sweep.log in each run folder")
+    if result["report"]:
+        print(f"table over the grid: {result['report']} (curves.png beside it)")
     if result["interrupted"]:
         print("rims-rl sweep: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
@@ -279,6 +287,8 @@ def _compare(args: argparse.Namespace) -> int:
     result = compare_runs(args.runs, args.out, source=args.source)
     for env, labels in result["groups"].items():
         print(f"{env}: {', '.join(labels)}")
+    for line in result["warnings"]:
+        print(line, file=sys.stderr)
     print(f"learning curves: {result['png']} and {result['csv']}")
     return 0
 
@@ -323,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train RIMs and an LSTM on the paper's copying task and print a Table-1-shaped report",
         description="Train on the copying task at one dormant span, evaluate at longer spans (paper Table 1).",
     )
-    copying.add_argument("--models", nargs="+", metavar="NAME", help="train only these entries of config 'models'")
+    copying.add_argument(
+        "--models", nargs="+", metavar="NAME", help="train only these entries of config 'models' (run.models)"
+    )
     copying.add_argument("--out", help="output folder (default: the config's run.out)")
     copying.add_argument("--resume", action="store_true", help="continue from the checkpoints in the output folder")
     copying.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -332,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         parents=[_config_parent("atari/ppo_rims.yaml"), device],
+        allow_abbrev=False,
         help="train a recurrent PPO or A2C agent (RIMs or LSTM core) from a YAML config",
         description="Train a recurrent agent. The YAML config holds every default; flags pick among its blocks.",
     )
@@ -530,12 +543,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.handler(args)
     except ConfigError as error:
         print(f"rims-rl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RunError as error:  # a full disk, a diverged model: the last good checkpoint is kept
+        print(f"rims-rl {args.command}: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"rims-rl {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130

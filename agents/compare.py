@@ -1,4 +1,11 @@
-"""Learning curves of RIMs against LSTM runs: mean and 95% CI across seeds, as a PNG and a CSV."""
+"""Learning curves of RIMs against LSTM runs: mean and 95% CI across seeds, as a PNG and a CSV.
+
+What a curve is depends on ``source``: ``train`` reads SB3's ``rollout/ep_rew_mean``, the mean return of
+the last 100 training episodes at each logging step (a rolling mean, so it lags); ``eval`` reads the
+periodic evaluations (the mean return of ``run.eval_episodes`` episodes). Seeds are interpolated onto a
+common grid of steps; the line is their mean and the band its 95% bootstrap CI over seeds. A label with
+one seed has no band, and ``compare`` says so.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,17 @@ import numpy as np
 
 from rims_rl.agents.config import ConfigError
 from rims_rl.agents.runs import find_runs, learning_curve, read_config, run_label
-from rims_rl.agents.stats import mean_ci
+from rims_rl.agents.stats import BAND, mean_ci, one_seed_warning
 from rims_rl.envs import env_name
 
-__all__ = ["compare_runs", "mean_curve", "plot_curves"]
+__all__ = ["CURVES", "compare_runs", "mean_curve", "plot_curves"]
 
 POINTS = 50  # grid points per curve
+# What one seed's curve is, per source.
+CURVES = {
+    "train": "curve: SB3's rolling mean of the last 100 training episodes' returns",
+    "eval": "curve: mean evaluation return at each evaluation",
+}
 
 
 def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -58,6 +70,7 @@ def plot_curves(groups: dict[str, dict[str, list]], path: Path, source: str, col
         axis.legend()
     for axis in axes.flat[len(groups) :]:
         axis.set_visible(False)
+    figure.suptitle(f"mean over seeds; {BAND}; {CURVES[source]}", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -82,6 +95,12 @@ def compare_runs(paths: list[str | Path], out: str | Path, source: str = "train"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = plot_curves(groups, out / "curves.png", source)
+    warnings = [
+        line
+        for env, labels in sorted(groups.items())
+        for label, curves in sorted(labels.items())
+        if (line := one_seed_warning(f"{label} on {env}", len(curves)))
+    ]
     with (out / "curves.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["env", "run", "seeds", "step", "mean_return", "ci95_low", "ci95_high"])
@@ -90,4 +109,5 @@ def compare_runs(paths: list[str | Path], out: str | Path, source: str = "train"
         "png": str(out / "curves.png"),
         "csv": str(out / "curves.csv"),
         "groups": {e: sorted(g) for e, g in groups.items()},
+        "warnings": warnings,
     }

@@ -592,7 +592,7 @@ class A2CConfig(_OnPolicyConfig):
 class PolicyConfig:
     """``policy_kwargs:``, shared by the RIMs and LSTM policies."""
 
-    critic_core: Literal["shared", "separate", "none"]
+    critic_core: Literal["separate", "detached", "shared", "none"]
     features_extractor: Literal["nature_cnn", "flatten", "combined", "minigrid"]
     net_arch: list[Size] | dict[str, list[Size]]
     ortho_init: bool
@@ -674,6 +674,7 @@ class CopyingRun:
     device: Device
     out: str
     progress: bool
+    models: list[str] | None = None  # train only these entries of models (null: all)
 
 
 @dataclass
@@ -768,8 +769,9 @@ class ImitationConfig:
 
 @dataclass
 class SweepConfig:
-    """A grid of training runs (``rims-rl sweep``, ``configs/sweeps/*.yaml``); see :mod:`rims_rl.agents.sweep`."""
+    """A grid of runs (``rims-rl sweep``, ``configs/sweeps/*.yaml``); see :mod:`rims_rl.agents.sweep`."""
 
+    command: Literal["train", "copying"]  # what each run is: a training run, or a copying-task run
     config: str
     out: str
     grid: dict[str, list[Any]]

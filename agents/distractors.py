@@ -19,7 +19,7 @@ import numpy as np
 from rims_rl.agents.config import ConfigError
 from rims_rl.agents.evaluate import evaluate_run
 from rims_rl.agents.runs import run_dir_for
-from rims_rl.agents.stats import mean_ci
+from rims_rl.agents.stats import mean_ci, success_ci
 from rims_rl.agents.train import ensure_run, resolve_config
 from rims_rl.envs import is_pickup_id
 
@@ -97,6 +97,7 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, An
             "mean": float(rates.mean()),
             "ci95": mean_ci(rates),
             "pooled": sum(row["successes"] for row in mine) / sum(row["episodes"] for row in mine),
+            "pooled_ci95": success_ci(sum(row["successes"] for row in mine), sum(row["episodes"] for row in mine)),
             "per_seed": rates.tolist(),
         }
     return summary
@@ -106,7 +107,7 @@ def _table(summary: dict, seeds: Sequence[int], budget: int, episodes: int) -> s
     lines = [
         f"Success rate on RimsRL/Pickup-v0, {budget} training steps per run, seeds {', '.join(map(str, seeds))}, "
         f"{episodes} evaluation episodes per run and split. Mean over seeds (95% bootstrap CI over seeds); "
-        "pooled: all episodes together.",
+        "pooled: all episodes together (95% Wilson interval).",
         "",
         "| policy | distractors | success (mean over seeds) | 95% CI | pooled | per seed |",
         "|---|---|---|---|---|---|",
@@ -114,7 +115,9 @@ def _table(summary: dict, seeds: Sequence[int], budget: int, episodes: int) -> s
     for (policy, split), stats in summary.items():
         low, high = stats["ci95"]
         seeds_text = ", ".join(f"{rate:.2f}" for rate in stats["per_seed"])
-        cells = [policy, split, f"{stats['mean']:.3f}", f"{low:.3f} to {high:.3f}", f"{stats['pooled']:.3f}"]
+        pooled_low, pooled_high = stats["pooled_ci95"]
+        pooled = f"{stats['pooled']:.3f} ({pooled_low:.3f} to {pooled_high:.3f})"
+        cells = [policy, split, f"{stats['mean']:.3f}", f"{low:.3f} to {high:.3f}", pooled]
         lines.append("| " + " | ".join([*cells, seeds_text]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from stable_baselines3.common.evaluation import evaluate_policy
 
+from rims_rl.agents.checkpointing import load_checkpoint
 from rims_rl.agents.config import ConfigError, TrainConfig
-from rims_rl.agents.stats import mean_ci
-from rims_rl.agents.train import ALGORITHMS, resolve_config
+from rims_rl.agents.runs import CHECKPOINT
+from rims_rl.agents.stats import mean_ci, success_ci
+from rims_rl.agents.train import build_model, resolve_config
 from rims_rl.envs import PICKUP_ID, env_kind, is_pickup_id, make_env
+from rims_rl.utils import resolve_device
 
 __all__ = [
     "evaluate_run",
-    "find_model",
+    "find_run",
     "load_model",
     "load_run",
     "play_episode",
@@ -29,33 +30,30 @@ __all__ = [
 ]
 
 
-def find_model(target: str | Path) -> tuple[Path, Path]:
-    """``(model file, run folder)`` for a run folder or a model / checkpoint file inside one."""
+def find_run(target: str | Path) -> Path:
+    """The run folder of a run folder, or of a file inside one (its checkpoint, its ``model.zip``)."""
     target = Path(target)
-    if target.is_dir():
-        run_dir = target
-        for candidate in (run_dir / "model.zip", run_dir / "checkpoints" / "latest.pt"):
-            if candidate.is_file():
-                return candidate, run_dir
-        raise ConfigError(f"{run_dir} has neither model.zip nor checkpoints/latest.pt")
-    if not target.is_file():
+    if target.is_dir() and (target / "config.yaml").is_file():
+        return target
+    if not target.exists():
         raise ConfigError(f"no run folder or model file at {target}")
     for parent in target.parents:
         if (parent / "config.yaml").is_file():
-            return target, parent
-    raise ConfigError(f"{target} is not inside a run folder (no config.yaml above it)")
+            return parent
+    raise ConfigError(f"{target} is not a run folder, nor inside one (no config.yaml)")
 
 
-def load_model(model_path: Path, algo: str, env, device: str):
-    """The algorithm object saved in ``model_path`` (model.zip or a checkpoint), attached to ``env``."""
-    algo_class = ALGORITHMS[algo]
+def load_model(run_dir: Path, config: TrainConfig, env, device: str):
+    """The run's algorithm, rebuilt from its config on ``env`` with the policy weights of its checkpoint.
+    Reading the checkpoint runs no code from it (``model.zip`` is for SB3's own ``load``, and is not read)."""
+    device = resolve_device(device)
+    saved = load_checkpoint(run_dir / CHECKPOINT, "train", device)
+    model = build_model(config, env, device)
     try:
-        if model_path.suffix == ".pt":
-            saved = torch.load(model_path, map_location="cpu", weights_only=False)
-            return algo_class.load(io.BytesIO(saved["model"]), env=env, device=device)
-        return algo_class.load(model_path, env=env, device=device)
-    except Exception as error:
-        raise ConfigError(f"cannot load {model_path}: {error}") from None
+        model.policy.load_state_dict(saved["parameters"]["policy"])
+    except (KeyError, RuntimeError) as error:
+        raise ConfigError(f"{run_dir / CHECKPOINT} does not fit the run's config: {error}") from None
+    return model
 
 
 def with_distractors(config: TrainConfig, distractors: str) -> TrainConfig:
@@ -68,10 +66,10 @@ def with_distractors(config: TrainConfig, distractors: str) -> TrainConfig:
     return dataclasses.replace(config, env=env)
 
 
-def load_run(target: str | Path) -> tuple[Path, Path, TrainConfig]:
-    """``(model file, run folder, checked config)`` of a run folder or a model file inside one."""
-    model_path, run_dir = find_model(target)
-    return model_path, run_dir, resolve_config(run_dir / "config.yaml")
+def load_run(target: str | Path) -> tuple[Path, TrainConfig]:
+    """``(run folder, checked config)`` of a run folder or a file inside one."""
+    run_dir = find_run(target)
+    return run_dir, resolve_config(run_dir / "config.yaml")
 
 
 def evaluate_run(
@@ -89,12 +87,12 @@ def evaluate_run(
     """
     if episodes < 1:
         raise ConfigError(f"--episodes must be positive, got {episodes}")
-    model_path, run_dir, config = load_run(target)
+    run_dir, config = load_run(target)
     if distractors is not None:
         config = with_distractors(config, distractors)
     env = make_env(config.env.settings(), seed=seed, evaluation=True, n_envs=min(episodes, 8))
     try:
-        model = load_model(model_path, config.algo, env, config.run.device)
+        model = load_model(run_dir, config, env, config.run.device)
         returns, lengths = evaluate_policy(
             model, env, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True, warn=False
         )
@@ -103,7 +101,7 @@ def evaluate_run(
     returns = np.asarray(returns, dtype=np.float64)
     low, high = mean_ci(returns)
     result = {
-        "model": str(model_path),
+        "run": str(run_dir),
         "env": config.env.id,
         "episodes": episodes,
         "deterministic": deterministic,
@@ -116,9 +114,9 @@ def evaluate_run(
     if distractors is not None:
         result["distractors"] = distractors
     if env_kind(config.env.id) == "minigrid":
-        success = (returns > 0).astype(np.float64)
-        result["success_rate"] = float(success.mean())
-        result["success_ci95"] = list(mean_ci(success))
+        successes = int((returns > 0).sum())
+        result["success_rate"] = successes / episodes
+        result["success_ci95"] = list(success_ci(successes, episodes))  # Wilson
     if video:
         try:
             result["video"] = str(record_gif(model, config, run_dir / "videos" / "episode.gif", deterministic, seed))

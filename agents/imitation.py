@@ -1,14 +1,17 @@
 """Behaviour cloning on HalfCheetah from pixels, evaluated under joint noise (paper App. C.7, Table 6).
 
-The whole pipeline, stage by stage, each writing into ``<out>/`` and skipped when its output exists:
+The whole pipeline, stage by stage, each writing into ``<out>/`` (locked while it runs) and skipped when
+its output exists. Every checkpoint holds tensors and plain data (:mod:`rims_rl.agents.checkpointing`) and
+is resumed after a stop, with the same settings:
 
-1. ``expert``: SB3 PPO or SAC on the state vector (rl-zoo's tuned settings), saved with its
-   evaluation return: ``expert/model.zip``, ``expert/vecnormalize.pkl``, ``expert/expert.json``.
+1. ``expert``: SB3 PPO or SAC on the state vector (rl-zoo's tuned settings): ``expert/expert.pt`` (its
+   weights and observation statistics, what collection reads), ``expert/model.zip`` (SB3's, for its
+   users), ``expert/expert.json`` (its evaluation return).
 2. ``collect``: the expert's episodes, rendered: ``dataset.npz`` (frames, actions, rewards, episode
    starts) and ``dataset.json`` (expert return, env settings, sha256 of the npz; loading checks it).
-3. ``bc``: per model, sequence behaviour cloning: CNN encoder -> recurrent core (RIMs or LSTM) -> action,
-   MSE on truncated-BPTT windows of stored episodes. ``bc/<model>/model.pt``; atomic checkpoints every
-   few epochs, resumed after a crash.
+3. ``bc``: per model, sequence behaviour cloning: SB3's Nature CNN -> recurrent core (RIMs or LSTM) ->
+   action, MSE on truncated-BPTT windows of stored episodes: ``bc/<model>/checkpoint.pt``, every few
+   epochs and finished at the end.
 4. ``evaluate``: each model's returns without and with joint noise, episodes x seeds, as
    ``results.md`` / ``results.json`` (Table 6's shape).
 """
@@ -16,10 +19,7 @@ The whole pipeline, stage by stage, each writing into ``<out>/`` and skipped whe
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import math
-import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,11 +32,23 @@ from stable_baselines3.common.torch_layers import NatureCNN
 from torch import nn
 from tqdm import tqdm
 
+from rims_rl.agents.algorithms import algorithm_state, restore_algorithm, set_normalizer
+from rims_rl.agents.checkpointing import (
+    RunLock,
+    atomic_write,
+    check_finite,
+    check_resume,
+    load_checkpoint,
+    remove_temporaries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from rims_rl.agents.config import ConfigError, CoreConfig, ImitationConfig, ImitationEvaluate, load, parse, to_dict
-from rims_rl.agents.train import CheckpointAndStop, load_checkpoint, save_checkpoint, set_rng_state, stop_on_signals
+from rims_rl.agents.train import Checkpointer, stop_on_signals
 from rims_rl.cores import build_core
 from rims_rl.envs.mujoco import make_cheetah, render_frame
-from rims_rl.utils import atomic_save, resolve_device
+from rims_rl.utils import resolve_device
 
 __all__ = ["STAGES", "CheetahPolicy", "collect", "evaluate", "expert", "load_dataset", "run", "train_bc"]
 
@@ -65,33 +77,13 @@ def _expert_class(config: ImitationConfig):
     return {"ppo": PPO, "sac": SAC}[config.expert.algo]
 
 
-def expert(config: ImitationConfig, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train the state-based expert, PPO or SAC (or load it if ``out/expert`` is complete).
-
-    Checkpoints (model, replay buffer, normalizer statistics) every ``expert.checkpoint_every`` steps
-    and on SIGINT/SIGTERM, into ``expert/checkpoint.pt``; the same command continues from there. The
-    checkpoint is removed once the expert is saved and evaluated.
-    """
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import VecNormalize
-
-    folder = out / "expert"
-    if (folder / "expert.json").is_file():
-        info = json.loads((folder / "expert.json").read_text())
-        log(f"expert: done already (return {info['return_mean']:.0f})")
-        return info
-    checkpoint = folder / "checkpoint.pt"
-    saved = load_checkpoint(checkpoint) if checkpoint.is_file() else None
-    algo, total = config.expert.algo, config.expert.total_steps
-    algorithm = _expert_class(config)
-    if saved is not None and saved.get("algorithm", algorithm.__name__) != algorithm.__name__:
-        raise ConfigError(
-            f"{checkpoint} holds a {saved['algorithm']} expert but expert.algo is {algo}: set expert.algo to "
-            f"{saved['algorithm'].lower()} to continue it, or delete the checkpoint to start over"
-        )
+def _build_expert(config: ImitationConfig, env):
+    """The expert (SB3 PPO or SAC on the state vector) that ``expert.<algo>`` describes, on ``env``: what
+    training builds, and what playing the saved expert rebuilds before loading its weights."""
+    algo = config.expert.algo
     settings = dict(getattr(config.expert, algo))
     net_arch = settings.pop("net_arch")
-    policy_kwargs = {"net_arch": net_arch}
+    policy_kwargs: dict[str, Any] = {"net_arch": net_arch}
     if algo == "ppo":
         policy_kwargs = {
             "log_std_init": settings.pop("log_std_init"),
@@ -99,28 +91,63 @@ def expert(config: ImitationConfig, out: Path, log: Callable[[str], None] = prin
             "activation_fn": nn.ReLU,
             "net_arch": {"pi": net_arch, "vf": net_arch},
         }
-    seed = config.run.seed
-    env_kwargs = {**_env_kwargs(config), "pixels": False}
-    env = make_vec_env(make_cheetah, n_envs=1, seed=seed, env_kwargs=env_kwargs)
-    if saved is not None and saved["normalizer"] is not None:
-        normalized = pickle.loads(saved["normalizer"])
-        normalized.set_venv(env)
-        env = normalized
-    elif config.expert.normalize:
-        env = VecNormalize(env, gamma=settings["gamma"])
+    return _expert_class(config)(
+        "MlpPolicy", env, policy_kwargs=policy_kwargs, seed=config.run.seed, device="cpu", verbose=0, **settings
+    )
+
+
+def _state_env(config: ImitationConfig, normalizer: dict[str, Any] | None = None):
+    """One state-based HalfCheetah as an SB3 VecEnv, behind ``VecNormalize`` when the expert normalizes
+    (with ``normalizer``'s statistics, frozen, when given: playing the saved expert)."""
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    env = make_vec_env(
+        make_cheetah, n_envs=1, seed=config.run.seed, env_kwargs={**_env_kwargs(config), "pixels": False}
+    )
+    if not config.expert.normalize:
+        return env
+    env = VecNormalize(env, gamma=getattr(config.expert, config.expert.algo)["gamma"])
+    if normalizer is not None:
+        set_normalizer(env, normalizer)
+        env.training = False
+    return env
+
+
+def expert(config: ImitationConfig, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the state-based expert, PPO or SAC (or load it if ``out/expert`` is complete).
+
+    Checkpoints (networks, optimizers, replay buffer, normalizer statistics, random streams: tensors and
+    plain data) every ``expert.checkpoint_every`` steps and on SIGINT/SIGTERM, into
+    ``expert/checkpoint.pt``; the same command continues from there. The finished expert's weights and
+    normalizer statistics go to ``expert/expert.pt`` (what collection reads) and SB3's ``model.zip``; the
+    checkpoint, which holds the whole replay buffer, is then removed.
+    """
+    folder = out / "expert"
+    if (folder / "expert.json").is_file():
+        info = json.loads((folder / "expert.json").read_text())
+        log(f"expert: done already (return {info['return_mean']:.0f})")
+        return info
+    checkpoint = folder / "checkpoint.pt"
+    saved = load_checkpoint(checkpoint, "expert") if checkpoint.is_file() else None
+    algo, total = config.expert.algo, config.expert.total_steps
+    algorithm = _expert_class(config)
+    if saved is not None:
+        if saved["algorithm"] != algorithm.__name__:
+            raise ConfigError(
+                f"{checkpoint} holds a {saved['algorithm']} expert but expert.algo is {algo}: set expert.algo to "
+                f"{saved['algorithm'].lower()} to continue it, or delete the checkpoint to start over"
+            )
+        check_resume(saved["config"], _expert_experiment(config), EXPERT_MUTABLE)
+    env = _state_env(config)
     try:
+        model = _build_expert(config, env)
         if saved is not None:
-            model = algorithm.load(io.BytesIO(saved["model"]), env=env, device="cpu")
-            if saved["replay_buffer"] is not None:
-                model.replay_buffer = pickle.loads(saved["replay_buffer"])
-            set_rng_state(saved["rng"])
+            restore_algorithm(model, saved)
             log(f"expert: resuming {algo.upper()} at step {model.num_timesteps} of {total}")
         else:
-            model = algorithm(
-                "MlpPolicy", env, policy_kwargs=policy_kwargs, seed=seed, device="cpu", verbose=0, **settings
-            )
             log(f"expert: {algo.upper()} on the state vector for {total} steps")
-        stopper = CheckpointAndStop(checkpoint, config.expert.checkpoint_every)
+        stopper = Checkpointer(checkpoint, config.expert.checkpoint_every, _expert_experiment(config), None, "expert")
         with stop_on_signals(stopper):
             model.learn(
                 max(total - model.num_timesteps, 0),
@@ -129,12 +156,13 @@ def expert(config: ImitationConfig, out: Path, log: Callable[[str], None] = prin
                 reset_num_timesteps=saved is None,
             )
         if stopper.signal is not None:
-            log(f"expert: stopped at step {model.num_timesteps}; the same command continues from {checkpoint}")
+            log(f"expert: stopped at step {stopper.steps}; the same command continues from {checkpoint}")
             raise KeyboardInterrupt
-        save_checkpoint(model, checkpoint)
+        stopper.save(finished=True)  # what a crash before the expert is saved and evaluated resumes from
+        final = algorithm_state(model)
+        policy = {"policy": final["parameters"]["policy"], "normalizer": final.get("normalizer")}
+        save_checkpoint(folder / "expert.pt", "expert-policy", {**policy, "algorithm": final["algorithm"]})
         model.save(folder / "model.zip")
-        if isinstance(env, VecNormalize):
-            env.save(str(folder / "vecnormalize.pkl"))
     finally:
         env.close()
     returns = [episode["return"] for episode in _expert_episodes(config, out, config.expert.eval_episodes)]
@@ -143,12 +171,35 @@ def expert(config: ImitationConfig, out: Path, log: Callable[[str], None] = prin
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
         "steps": total,
-        "env": env_kwargs,
+        "env": {**_env_kwargs(config), "pixels": False},
     }
-    (folder / "expert.json").write_text(json.dumps(info, indent=2))
-    checkpoint.unlink()  # a finished expert is never resumed, and SAC's holds its whole replay buffer
+    atomic_write(folder / "expert.json", json.dumps(info, indent=2).encode())
+    checkpoint.unlink(missing_ok=True)  # a finished expert is never resumed, and SAC's holds its whole replay buffer
     log(f"expert: return {info['return_mean']:.0f} +- {info['return_std']:.0f}")
     return info
+
+
+# What a resumed expert may change: its budget, its checkpoint cadence, and its evaluation.
+EXPERT_MUTABLE = ("expert.total_steps", "expert.checkpoint_every", "expert.eval_episodes")
+
+
+def _expert_experiment(config: ImitationConfig) -> dict[str, Any]:
+    """What defines the expert's training (the resume contract compares it)."""
+    return {"env": _env_kwargs(config), "expert": to_dict(config.expert), "seed": config.run.seed}
+
+
+def _load_expert(config: ImitationConfig, out: Path):
+    """The finished expert, rebuilt from the config with the weights of ``expert/expert.pt`` (no code
+    is loaded from the file), and its frozen observation normalizer (or None)."""
+    saved = load_checkpoint(out / "expert" / "expert.pt", "expert-policy")
+    if saved["algorithm"] != _expert_class(config).__name__:
+        raise ConfigError(
+            f"{out / 'expert'} holds a {saved['algorithm']} expert but expert.algo is {config.expert.algo}"
+        )
+    env = _state_env(config, saved["normalizer"])
+    model = _build_expert(config, env)
+    model.policy.load_state_dict(saved["policy"])
+    return model, (env if saved["normalizer"] is not None else None)
 
 
 def _expert_episodes(
@@ -158,15 +209,7 @@ def _expert_episodes(
     the states it acted on, its actions and rewards. With ``action_noise``, the executed action is the
     expert's plus Gaussian noise, while the recorded action stays the expert's own (DART, Laskey et al.
     2017): the demonstrations then show how the expert recovers from small mistakes."""
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
-
-    folder = out / "expert"
-    model = _expert_class(config).load(folder / "model.zip", device="cpu")
-    normalizer = None
-    if (folder / "vecnormalize.pkl").is_file():
-        dummy = DummyVecEnv([lambda: make_cheetah(**{**_env_kwargs(config), "pixels": False})])
-        normalizer = VecNormalize.load(str(folder / "vecnormalize.pkl"), dummy)
-        normalizer.training = False
+    model, normalizer = _load_expert(config, out)
     env = make_cheetah(**{**_env_kwargs(config), "pixels": False})
     try:
         for episode in range(episodes):
@@ -192,6 +235,7 @@ def _expert_episodes(
             }
     finally:
         env.close()
+        model.get_env().close()
 
 
 # ------------------------------------------------------------------------------------- 2. collect
@@ -237,8 +281,7 @@ def collect(config: ImitationConfig, out: Path, log: Callable[[str], None] = pri
         "env": _env_kwargs(config),
         "sha256": _sha256(data_path),
     }
-    meta_path.with_suffix(".tmp").write_text(json.dumps(meta, indent=2))
-    meta_path.with_suffix(".tmp").replace(meta_path)
+    atomic_write(meta_path, json.dumps(meta, indent=2).encode())
     log(
         f"collect: {meta['steps']} steps from {meta['episodes']} episodes; return {meta['demo_return']:.0f} with "
         f"action noise {meta['action_noise']:g} (expert alone {meta['expert_return']:.0f})"
@@ -246,16 +289,27 @@ def collect(config: ImitationConfig, out: Path, log: Callable[[str], None] = pri
     return meta
 
 
+DATASET_KEYS = ("frames", "actions", "rewards", "episode_starts")
+
+
 def load_dataset(out: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The dataset and its metadata; ``ConfigError`` if missing or if the checksum does not match."""
+    """The dataset and its metadata; ``ConfigError`` if missing, if the checksum does not match, or if an
+    array is missing."""
     data_path, meta_path = out / "dataset.npz", out / "dataset.json"
     if not meta_path.is_file() or not data_path.is_file():
         raise ConfigError(f"no dataset in {out}: run the collect stage first")
     meta = json.loads(meta_path.read_text())
     if _sha256(data_path) != meta.get("sha256"):
         raise ConfigError(f"{data_path} is corrupt (sha256 differs from {meta_path}); delete both and collect again")
-    with np.load(data_path) as data:
-        return {key: data[key] for key in data.files}, meta
+    try:
+        with np.load(data_path) as data:  # allow_pickle stays off: arrays only
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read {data_path}: {error}") from None
+    missing = sorted(set(DATASET_KEYS) - set(arrays))
+    if missing:
+        raise ConfigError(f"{data_path} lacks {', '.join(missing)}: delete it and {meta_path.name}, and collect again")
+    return arrays, meta
 
 
 # ------------------------------------------------------------------------------------- 3. bc
@@ -300,16 +354,34 @@ def random_shift(batch: torch.Tensor, pad: int, rng: np.random.Generator) -> tor
     return torch.stack(shifted, dim=1).to(batch.dtype)
 
 
+# What a resumed behaviour cloning may change: how often it checkpoints, where and how visibly it runs.
+BC_MUTABLE = ("bc.checkpoint_every", "run.device", "run.progress", "run.out")
+
+
+def _bc_experiment(config: ImitationConfig, name: str, dataset: str) -> dict[str, Any]:
+    """What defines one model's behaviour cloning (the resume contract compares it)."""
+    return {
+        "env": _env_kwargs(config),
+        "bc": to_dict(config.bc),
+        "run": to_dict(config.run),
+        "model": name,
+        "dataset": dataset,
+    }
+
+
 def train_bc(config: ImitationConfig, out: Path, name: str, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Sequence behaviour cloning of model ``name``; resumes from its checkpoint."""
+    """Sequence behaviour cloning of model ``name``, checkpointed every ``bc.checkpoint_every`` epochs into
+    ``bc/<name>/checkpoint.pt`` and resumed from there; the finished checkpoint is the trained model."""
     folder = out / "bc" / name
-    final = folder / "model.pt"
-    if final.is_file():
+    checkpoint = folder / "checkpoint.pt"
+    saved = load_checkpoint(checkpoint, "bc") if checkpoint.is_file() else None
+    if saved is not None and saved["finished"]:
         log(f"bc {name}: done already")
-        return torch.load(final, map_location="cpu", weights_only=False)["info"]
-    data, _ = load_dataset(out)
+        return saved["info"]
+    data, meta = load_dataset(out)
     bc, env = config.bc, config.env
-    device = resolve_device(str(config.run.device))
+    experiment = _bc_experiment(config, name, meta["sha256"])
+    device = resolve_device(config.run.device)
     seed = config.run.seed
     torch.manual_seed(seed)
     frames = torch.as_tensor(data["frames"])
@@ -334,18 +406,37 @@ def train_bc(config: ImitationConfig, out: Path, name: str, log: Callable[[str],
     )
     rng = np.random.default_rng(seed)
     epoch, losses = 0, []
-    checkpoint = folder / "checkpoint.pt"
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if saved is not None:
+        check_resume(saved["experiment"], experiment, BC_MUTABLE)
         policy.load_state_dict(saved["policy"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
-        epoch, losses, rng = saved["epoch"], saved["losses"], saved["rng"]
-        torch.set_rng_state(saved["torch_rng"])
+        epoch, losses = saved["epoch"], saved["losses"]
+        rng.bit_generator.state = saved["numpy_generator"]
+        set_rng_state(saved["rng"])
         log(f"bc {name}: resuming at epoch {epoch}")
     parameters = sum(p.numel() for p in policy.parameters())
     bar = tqdm(total=total, initial=epoch * updates_per_epoch, desc=f"bc {name}", disable=not config.run.progress)
     started = time.perf_counter()
+    info: dict[str, Any] = {"model": name, "parameters": parameters, "window": window}
+
+    def save(finished: bool) -> None:
+        payload = {
+            "policy": policy.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "epoch": epoch,
+            "losses": losses,
+            "numpy_generator": rng.bit_generator.state,
+            "rng": rng_state(),
+            "spec": to_dict(bc.models[name]),
+            "actions": int(actions.shape[1]),
+            "experiment": experiment,
+            "finished": finished,
+            "info": info,
+        }
+        save_checkpoint(checkpoint, "bc", payload)
+
     while epoch < bc.epochs:
         epoch_loss = 0.0
         for _ in range(updates_per_epoch):
@@ -364,39 +455,27 @@ def train_bc(config: ImitationConfig, out: Path, name: str, log: Callable[[str],
             epoch_loss += loss.item() / updates_per_epoch
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        if not math.isfinite(epoch_loss):
-            raise ConfigError(f"bc {name}: the loss is not finite at epoch {epoch}; last checkpoint kept")
+        diverged = f"bc {name}: the loss is not finite at epoch {epoch}; {checkpoint} is kept"
+        check_finite([torch.tensor(epoch_loss)], lambda message=diverged: message)
         epoch += 1
         losses.append(epoch_loss)
-        if epoch % bc.checkpoint_every == 0 or epoch == bc.epochs:
-            atomic_save(
-                {
-                    "policy": policy.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "epoch": epoch,
-                    "losses": losses,
-                    "rng": rng,
-                    "torch_rng": torch.get_rng_state(),
-                },
-                checkpoint,
-            )
+        if epoch % bc.checkpoint_every == 0 and epoch < bc.epochs:
+            save(finished=False)
     bar.close()
-    info = {"model": name, "parameters": parameters, "epochs": epoch, "final_loss": losses[-1], "window": window}
-    info["train_seconds"] = round(time.perf_counter() - started, 1)
-    spec = to_dict(bc.models[name])
-    saved = {"policy": policy.state_dict(), "spec": spec, "actions": actions.shape[1], "info": info}
-    atomic_save(saved, final)
+    info |= {"epochs": epoch, "final_loss": losses[-1], "train_seconds": round(time.perf_counter() - started, 1)}
+    save(finished=True)
     log(f"bc {name}: final loss {losses[-1]:.4f} ({parameters:,} parameters)")
     return info
 
 
 def _load_policy(config: ImitationConfig, out: Path, name: str) -> CheetahPolicy:
-    saved = torch.load(out / "bc" / name / "model.pt", map_location="cpu", weights_only=False)
+    """Model ``name``'s trained policy, rebuilt from its saved settings with its weights (no code is loaded)."""
+    saved = load_checkpoint(out / "bc" / name / "checkpoint.pt", "bc")
+    if not saved["finished"]:
+        raise ConfigError(f"bc {name} has not finished training: run the bc stage first")
     env = config.env
-    policy = CheetahPolicy(
-        3 * env.frame_stack, env.size, saved["actions"], parse(CoreConfig, saved["spec"], "spec"), config.bc.features
-    )
+    spec = parse(CoreConfig, saved["spec"], f"bc.models.{name}")
+    policy = CheetahPolicy(3 * env.frame_stack, env.size, saved["actions"], spec, config.bc.features)
     policy.load_state_dict(saved["policy"])
     return policy.eval()
 
@@ -467,8 +546,13 @@ def _table(results: dict[str, Any], meta: dict[str, Any], settings: ImitationEva
 
 
 def run(config: ImitationConfig, out: Path, stages=STAGES, log: Callable[[str], None] = print) -> None:
-    """The stages in order; finished ones are skipped."""
-    out.mkdir(parents=True, exist_ok=True)
+    """The stages in order, finished ones skipped, in ``out`` locked against a second process."""
+    with RunLock(out):
+        remove_temporaries(out)
+        _run_stages(config, out, stages, log)
+
+
+def _run_stages(config: ImitationConfig, out: Path, stages, log: Callable[[str], None]) -> None:
     if "expert" in stages:
         expert(config, out, log)
     if "collect" in stages:

@@ -48,7 +48,7 @@ import numpy as np
 from rims_rl.agents.compare import plot_curves
 from rims_rl.agents.config import ConfigError
 from rims_rl.agents.runs import find_runs, learning_curve, read_config, run_label
-from rims_rl.agents.stats import mean_ci
+from rims_rl.agents.stats import interval_estimates, mean_ci
 from rims_rl.envs import env_kind, env_name
 from rims_rl.envs.atari_scores import ATARI_REFERENCE_SCORES, human_normalized
 
@@ -189,7 +189,7 @@ def aggregate_metrics(
             ]
         )
 
-    return _bootstrap(scores, compute, reps, seed)
+    return interval_estimates(scores, compute, reps, seed)
 
 
 def _profiles(
@@ -200,16 +200,7 @@ def _profiles(
     def profile(matrix: np.ndarray) -> np.ndarray:
         return (matrix.reshape(1, -1) > taus[:, None]).mean(axis=1)
 
-    return _bootstrap(scores, profile, reps, seed)
-
-
-def _bootstrap(scores: dict[str, np.ndarray], func: Any, reps: int, seed: int) -> tuple[dict, dict]:
-    from rliable import library
-
-    with warnings.catch_warnings():
-        # arch deprecates the RandomState that rliable hands it; it still seeds the resampling.
-        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
-        return library.get_interval_estimates(scores, func, reps=reps, random_state=np.random.RandomState(seed))
+    return interval_estimates(scores, profile, reps, seed)
 
 
 def _game_scores(runs: list[RunScore]) -> dict[tuple[str, str], GameScore]:

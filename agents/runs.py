@@ -2,8 +2,9 @@
 
 One definition for every runner, and light on purpose (YAML, CSV and numpy; no torch, no SB3):
 ``compare`` and ``report`` read run folders through this module without loading any policy code.
-A run folder ``<out>/<env>/<label>/seed<N>/`` holds ``config.yaml``, ``progress.csv`` (and the earlier
-``progress.part*.csv`` of a resumed run), ``evaluations.npz``, ``checkpoints/latest.pt`` and ``model.zip``.
+A run folder ``<out>/<env>/<label>/seed<N>/`` holds ``config.yaml``, ``progress.csv`` and ``tensorboard/``
+(each step once, up to the last checkpoint), ``evaluations.npz``, ``checkpoints/latest.pt`` and, once
+finished, ``model.zip``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,35 @@ import yaml
 from rims_rl.agents.config import ConfigError
 from rims_rl.envs import env_name
 
-__all__ = ["find_runs", "learning_curve", "read_config", "run_dir_for", "run_label", "run_state"]
+__all__ = [
+    "CHECKPOINT",
+    "RunBusy",
+    "RunDiverged",
+    "RunError",
+    "find_runs",
+    "learning_curve",
+    "read_config",
+    "run_dir_for",
+    "run_label",
+    "run_state",
+]
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on (a full disk, a diverged model): one line and exit status 1 on the command
+    line; its last good checkpoint is kept."""
+
+
+class RunDiverged(RunError):
+    """A parameter or the loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunBusy(ConfigError):
+    """Another process holds the run folder (:class:`rims_rl.agents.checkpointing.RunLock`)."""
+
+
+# A run folder's checkpoint (rims_rl.agents.checkpointing's format), relative to the folder.
+CHECKPOINT = Path("checkpoints") / "latest.pt"
 
 
 def run_label(algo: str, policy: str, label: str | None) -> str:
@@ -40,7 +69,7 @@ def run_state(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     if (run_dir / "model.zip").is_file():
         return "done"
-    return "resume" if (run_dir / "checkpoints" / "latest.pt").is_file() else "train"
+    return "resume" if (run_dir / CHECKPOINT).is_file() else "train"
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -76,17 +105,27 @@ def learning_curve(run_dir: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
         if not path.is_file():
             return np.empty(0), np.empty(0)
         with np.load(path) as data:
-            return data["timesteps"].astype(float), data["results"].mean(axis=1)
+            return _in_order(path, data["timesteps"].astype(float)), data["results"].mean(axis=1)
     steps, returns = [], []
-    # A resumed run keeps its earlier log parts beside progress.csv (see agents.train).
-    for path in [*sorted(run_dir.glob("progress.part*.csv")), run_dir / "progress.csv"]:
-        if not path.is_file():
-            continue
+    path = run_dir / "progress.csv"
+    if path.is_file():
         with path.open() as handle:
             for row in csv.DictReader(handle):
                 step, value = row.get("time/total_timesteps"), row.get("rollout/ep_rew_mean")
                 if step not in (None, "") and value not in (None, ""):
                     steps.append(float(step))
                     returns.append(float(value))
-    order = np.argsort(steps, kind="stable")
-    return np.asarray(steps)[order], np.asarray(returns)[order]
+    return _in_order(path, np.asarray(steps)), np.asarray(returns)
+
+
+def _in_order(path: Path, steps: np.ndarray) -> np.ndarray:
+    """``steps``, refused in one line unless strictly increasing: a record that repeats steps would plot a
+    curve that was never trained (runs written before resumes kept records exact)."""
+    backwards = np.nonzero(np.diff(steps) <= 0)[0]
+    if len(backwards):
+        at = backwards[0]
+        raise ConfigError(
+            f"{path}: step {steps[at + 1]:.0f} follows step {steps[at]:.0f}; this record repeats steps "
+            "(written by a version of rims-rl before exact resumes)"
+        )
+    return steps

@@ -105,6 +105,7 @@ class SweepRun:
     config: dict[str, Any]
     settings: dict[str, Any]  # what distinguishes it: its grid values and variant
     cwd: str  # the driver's working directory: relative paths in the config are relative to it
+    command: str = "train"  # what runs it: train or copying
 
 
 @dataclass
@@ -113,6 +114,7 @@ class Sweep:
 
     path: str
     out: str
+    command: str
     runs: list[SweepRun]
     grid: dict[str, list[Any]]
     variants: dict[str, dict[str, Any]]
@@ -170,8 +172,6 @@ def load_sweep(
         if key in RESERVED_KEYS:
             raise ConfigError(f"--set {key}: the sweep sets it (use --out, or name variants in the sweep file)")
 
-    from rims_rl.agents.train import resolve_config
-
     cwd = os.getcwd()
     runs: list[SweepRun] = []
     folders: dict[Path, str] = {}
@@ -184,15 +184,12 @@ def load_sweep(
                 *point.items(),
                 *(variants[variant].items() if variant is not None else ()),
                 *overrides,
-                ("run.out", spec.out),
-                *([("run.label", variant)] if variant is not None else []),
             ]
             described = ", ".join(f"{k}={v}" for k, v in settings.items())
             try:
-                config = resolve_config(spec.config, items)
+                config, folder = _place(spec.command, spec.config, items, spec.out, variant)
             except ConfigError as error:
                 raise ConfigError(f"{file}: run {described}: {error}") from None
-            folder = run_dir_for(config)
             if folder in folders:
                 raise ConfigError(
                     f"{file}: runs {folders[folder]} and {described} would share the folder {folder}; "
@@ -206,17 +203,45 @@ def load_sweep(
                     config=to_dict(config),
                     settings=settings,
                     cwd=cwd,
+                    command=spec.command,
                 )
             )
     return Sweep(
         path=str(file),
         out=spec.out,
+        command=spec.command,
         runs=runs,
         grid=spec.grid,
         variants=variants,
         workers=spec.workers or _cpu_count(),
         gpus_per_run=spec.gpus_per_run or 1.0,
     )
+
+
+def _place(command: str, base: str, items: list[tuple[str, Any]], out: str, variant: str | None):
+    """A run's typed config and its folder: a training run's ``<out>/<env>/<label>/seed<N>`` (``run.out``
+    and ``run.label`` set by the sweep), a copying run's ``<out>/<variant>/seed<N>`` (its ``run.out``)."""
+    if command == "train":
+        from rims_rl.agents.train import resolve_config
+
+        labelled = [*items, ("run.out", out), *([("run.label", variant)] if variant is not None else [])]
+        config = resolve_config(base, labelled)
+        return config, run_dir_for(config)
+    from rims_rl.agents.copying import load_copying_config
+
+    config = load_copying_config(base, items)
+    folder = Path(out) / (variant or "copying") / f"seed{config.run.seed}"
+    config.run.out = str(folder)
+    return config, folder
+
+
+def _state(run: SweepRun) -> str:
+    """``done``, ``resume`` or ``train``: what bringing the run to completion means now."""
+    if run.command == "train":
+        return run_state(run.run_dir)
+    from rims_rl.agents.copying import copying_state
+
+    return copying_state(run.run_dir)
 
 
 def plan(sweep: Sweep) -> str:
@@ -228,7 +253,7 @@ def plan(sweep: Sweep) -> str:
     width = max(len(run.name) for run in sweep.runs)
     for run in sweep.runs:
         described = " ".join(f"{k}={v}" for k, v in run.settings.items())
-        lines.append(f"  {run.name:<{width}}  {run_state(run.run_dir):<6}  {described}")
+        lines.append(f"  {run.name:<{width}}  {_state(run):<6}  {described}")
     return "\n".join(lines)
 
 
@@ -268,7 +293,7 @@ def run_one(run: SweepRun, stop: threading.Event | None = None, stop_file: str |
 
     started = time.monotonic()
     folder = Path(run.run_dir)
-    if run_state(folder) == "done":  # spares a child process its imports
+    if _state(run) == "done":  # spares a child process its imports
         return _result(run, "done", 0.0)
     if stopping():
         return _result(run, "not started", 0.0)
@@ -282,7 +307,8 @@ def run_one(run: SweepRun, stop: threading.Event | None = None, stop_file: str |
         "OPENBLAS_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",  # keeps stdout and a traceback on stderr in order in the log
     }
-    payload = json.dumps({"config": run.config, "run_dir": run.run_dir, "parent": os.getpid()})
+    payload = {"command": run.command, "config": run.config, "run_dir": run.run_dir, "parent": os.getpid()}
+    payload = json.dumps(payload)
     with open(log_path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} rims-rl sweep: {run.name} ===\n")
         log.flush()
@@ -350,9 +376,14 @@ def _child_main() -> int:
     _stop_with_parent(payload["parent"])
     try:
         # inside: Ctrl-C during the imports is an interruption too
-        from rims_rl.agents.train import ensure_run, resolve_config
+        if payload["command"] == "train":
+            from rims_rl.agents.train import ensure_run, resolve_config
 
-        status = ensure_run(resolve_config(payload["config"]), payload["run_dir"])
+            status = ensure_run(resolve_config(payload["config"]))
+        else:
+            from rims_rl.agents.copying import ensure_copying, load_copying_config
+
+            status = ensure_copying(load_copying_config(payload["config"]))
     except KeyboardInterrupt as error:
         print(f"{RESULT_MARK}interrupted: {error or 'stopped; the last checkpoint is kept'}", flush=True)
         return 130
@@ -545,13 +576,27 @@ def run_sweep(
         if in_main:
             signal.signal(signal.SIGTERM, previous)
     json_path, csv_path = _write_summary(sweep, results, backend)
+    report = _copying_report(sweep) if sweep.command == "copying" else None
     return {
         "results": results,
         "failed": sum(r["status"] == "failed" for r in results),
         "interrupted": interrupted,
         "json": str(json_path),
         "csv": str(csv_path),
+        "report": report,
     }
+
+
+def _copying_report(sweep: Sweep) -> str | None:
+    """One table and one plot over the grid's finished copying runs, in the sweep's out."""
+    from rims_rl.agents.copying import collect_results, write_report
+
+    rows = collect_results(Path(run.run_dir) for run in sweep.runs)
+    if not rows:
+        return None
+    spans = [int(span) for span in sweep.runs[0].config["task"]["eval_spans"]]
+    write_report(rows, spans, Path(sweep.out), title=Path(sweep.path).stem)
+    return str(Path(sweep.out) / "results.md")
 
 
 if __name__ == "__main__":

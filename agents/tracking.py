@@ -1,27 +1,35 @@
 """wandb tracking for a training run: offline unless an API key is configured, never fatal.
 
-SB3 metrics reach wandb through TensorBoard syncing (``sync_tensorboard``), so ``wandb.init`` runs
-before SB3 creates its TensorBoard writer. Runs of one environment share a wandb group, and the
-run name is ``<label>-seed<N>`` (label ``<algo>-<policy>`` unless ``run.label`` names it), so RIMs
-and LSTM curves of a game overlay in one view.
+- **Each metric once per step.** SB3's metrics reach wandb by TensorBoard syncing (``sync_tensorboard``):
+  the run's TensorBoard files live in ``<run>/tensorboard/`` and wandb's own files in ``<run>/wandb/``,
+  beside it, never inside it (wandb would read its own copies again). The TensorBoard files hold each
+  step once (:mod:`rims_rl.agents.logs`), so wandb does too.
+- **One group per curve.** The group is ``<env>/<label>`` (label: ``run.label`` or ``<algo>-<policy>``):
+  the seeds of one policy on one environment aggregate into one line, and RIMs and LSTM are two lines of
+  the same chart. The environment is the job type and a tag; the run's name is ``<label>-seed<N>``.
+- **Environment steps on the x-axis** (TensorBoard's ``global_step``).
+- **The config is the run's config** (what ``config.yaml`` holds), not SB3's internals.
+- **A resumed run continues the same wandb run**: its id is kept in ``<run>/wandb_id``.
 """
 
 from __future__ import annotations
 
 import netrc
 import os
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stable_baselines3.common.callbacks import BaseCallback
-
+from rims_rl.agents.checkpointing import atomic_write
 from rims_rl.agents.config import TrainConfig, to_dict
 from rims_rl.agents.runs import run_label
 from rims_rl.envs import env_name
 
-__all__ = ["Tracking", "start_tracking", "wandb_mode"]
+__all__ = ["ID_FILE", "Tracking", "start_tracking", "wandb_mode"]
+
+ID_FILE = "wandb_id"
 
 
 def wandb_mode() -> str:
@@ -40,10 +48,9 @@ def wandb_mode() -> str:
 
 @dataclass
 class Tracking:
-    """An open wandb run and the SB3 callback that uploads the final model."""
+    """An open wandb run."""
 
     run: Any
-    callback: BaseCallback
 
     def finish(self) -> None:
         try:
@@ -53,15 +60,21 @@ class Tracking:
 
 
 def start_tracking(config: TrainConfig, run_dir: Path) -> Tracking | None:
-    """Open a wandb run for this training run, or warn and return None if wandb cannot start."""
+    """Open (or, for a resumed run, reopen) the wandb run of this training run; warn and return None if
+    wandb cannot start."""
     try:
         import wandb
-        from wandb.integration.sb3 import WandbCallback
 
-        label = run_label(config.algo, config.policy, config.run.label)
+        env, label = env_name(config.env.id), run_label(config.algo, config.policy, config.run.label)
+        id_file = Path(run_dir) / ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         run = wandb.init(
             project=config.run.wandb_project,
-            group=env_name(config.env.id),
+            id=run_id,
+            resume="allow",
+            group=f"{env}/{label}",
+            job_type=env,
+            tags=[env, label, config.algo, config.policy],
             name=f"{label}-seed{config.run.seed}",
             config=to_dict(config),
             dir=str(run_dir),
@@ -70,8 +83,10 @@ def start_tracking(config: TrainConfig, run_dir: Path) -> Tracking | None:
             reinit="finish_previous",
             settings=wandb.Settings(init_timeout=60, silent=True),
         )
-        callback = WandbCallback(model_save_path=str(run_dir / "wandb_model"), verbose=0)
-        return Tracking(run, callback)
+        run.define_metric("global_step")
+        run.define_metric("*", step_metric="global_step")
+        atomic_write(id_file, f"{run_id}\n".encode())
+        return Tracking(run)
     except Exception as error:
         warnings.warn(f"wandb tracking is off for this run: {error}", stacklevel=2)
         return None

@@ -2,20 +2,21 @@
 
 1. ``resolve_config``: the YAML file and the overrides (``--set`` and the command line's choices), checked
    in full by the config schema (:class:`rims_rl.agents.config.TrainConfig`) before any environment starts.
-2. ``train``: run folder ``<out>/<env>/<algo>-<policy>/seed<N>/`` with the resolved config, CSV and
-   TensorBoard logs, periodic evaluations (``evaluations.npz``), atomic checkpoints
-   (``checkpoints/latest.pt``) and the final model (``model.zip``); optional wandb tracking.
-3. ``resume``: continue a run from its latest checkpoint (model, optimizer, step count, RNG).
+2. ``train``: the run folder ``<out>/<env>/<label>/seed<N>/`` (locked while training, see
+   :mod:`rims_rl.agents.checkpointing`) with the config (``config.yaml``), the logs (``progress.csv`` and
+   ``tensorboard/``, written only up to the last checkpoint: :mod:`rims_rl.agents.logs`), periodic
+   evaluations (``evaluations.npz``), the checkpoint (``checkpoints/latest.pt``: tensors and plain data)
+   and, at the end, SB3's ``model.zip``; optional wandb tracking.
+3. ``resume``: continue a run from its checkpoint; only the budget, device, tracking, progress,
+   evaluation and checkpoint settings may change.
 
-SIGINT / SIGTERM save a checkpoint and stop; a non-finite parameter stops training with a clear
-message and leaves the last good checkpoint in place.
+Checkpoints are taken at the start of a rollout (the policy just updated, nothing half-collected), every
+``run.checkpoint_every`` steps; SIGINT / SIGTERM write one from the state of the last rollout start and stop.
+A non-finite parameter stops training with one line and leaves the last good checkpoint.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
-import random
 import signal
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -26,21 +27,31 @@ import numpy as np
 import torch
 import yaml
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
-from stable_baselines3.common.vec_env import VecNormalize
 
-from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO
+from rims_rl.agents.algorithms import RecurrentA2C, RimsPPO, algorithm_state, restore_algorithm
+from rims_rl.agents.checkpointing import (
+    RunLock,
+    atomic_write,
+    check_finite,
+    check_resume,
+    load_checkpoint,
+    remove_temporaries,
+    save_checkpoint,
+)
 from rims_rl.agents.config import ConfigError, TrainConfig, load, to_dict
-from rims_rl.agents.runs import run_dir_for, run_state
+from rims_rl.agents.logs import HeldOutput
+from rims_rl.agents.runs import CHECKPOINT, run_dir_for, run_state
 from rims_rl.agents.tracking import start_tracking
 from rims_rl.envs import make_env
 from rims_rl.extractors import MiniGridExtractor
 from rims_rl.policies import LstmPolicy, RimsPolicy
-from rims_rl.utils import atomic_save, resolve_device
+from rims_rl.utils import resolve_device
 
 __all__ = [
-    "TrainingDiverged",
+    "MUTABLE",
     "build_model",
     "ensure_run",
     "resolve_config",
@@ -57,10 +68,6 @@ EXTRACTORS = {
     "combined": CombinedExtractor,
     "minigrid": MiniGridExtractor,
 }
-
-
-class TrainingDiverged(RuntimeError):
-    """A parameter became NaN or infinite; the last good checkpoint is kept."""
 
 
 # ------------------------------------------------------------------------------------- config
@@ -81,29 +88,25 @@ def schedule(value: float | str):
     return value
 
 
-def _model_file(path: str | Path) -> Path:
-    """A model.zip given directly or as the run folder holding it."""
-    path = Path(path)
-    model = path / "model.zip" if path.is_dir() else path
-    if not model.is_file():
-        raise ConfigError(f"run.init_from: no trained model at {path} (a model.zip, or a run folder holding one)")
-    return model
-
-
 def init_weights(model, path: str | Path) -> None:
-    """Start ``model``'s policy from the weights of the model saved at ``path`` (transfer, fine-tuning).
-
-    Only the policy's weights move: the optimizer, step counter and schedules start fresh. The two
-    policies must have the same shapes (same core sizes and action count).
-    """
-    from stable_baselines3.common.save_util import load_from_zip_file
-
-    _, params, _ = load_from_zip_file(_model_file(path), device=model.device)
+    """Start ``model``'s policy from the weights of the run saved at ``path`` (a run folder, or a
+    checkpoint in one): transfer, fine-tuning. Only the policy's weights move: the optimizer, step counter
+    and schedules start fresh. The two policies must have the same shapes (core sizes, action count)."""
+    saved = load_checkpoint(_checkpoint_of(path, "run.init_from"), "train", model.device)
     try:
-        model.policy.load_state_dict(params["policy"])
+        model.policy.load_state_dict(saved["parameters"]["policy"])
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1].strip()
         raise ConfigError(f"run.init_from: {path} does not fit this policy ({first})") from None
+
+
+def _checkpoint_of(path: str | Path, what: str) -> Path:
+    """The checkpoint of a run folder (or the checkpoint file given)."""
+    path = Path(path)
+    checkpoint = path / CHECKPOINT if path.is_dir() else path
+    if not checkpoint.is_file():
+        raise ConfigError(f"{what}: no trained model at {path} (a run folder, or a checkpoint in one)")
+    return checkpoint
 
 
 # ------------------------------------------------------------------------------------- model
@@ -140,82 +143,91 @@ def parameter_count(model) -> dict[str, int]:
     }
 
 
-# ------------------------------------------------------------------------------------- callbacks
+# ------------------------------------------------------------------------------------- checkpoints
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+# What a resumed run may change: its budget and how it is run, watched and saved, not what it trains.
+MUTABLE = (
+    "total_steps",
+    "run.device",
+    "run.progress",
+    "run.track",
+    "run.wandb_project",
+    "run.checkpoint_every",
+    "run.eval_every",
+    "run.eval_episodes",
+    "run.eval_deterministic",
+)
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what a checkpoint's ``rng`` entry holds."""
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+class Checkpointer(BaseCallback):
+    """Checkpoints of an SB3 algorithm every ``every`` steps (for an on-policy one, at the start of a
+    rollout: the policy just updated, nothing half-collected); on SIGINT/SIGTERM a last one, then stop. An on-policy
+    algorithm stopped mid-rollout is saved as it was when the rollout started (its networks and optimizer
+    have not changed since; its random streams, counters and episodes were kept then), so the resumed run
+    collects that rollout again and logs each step once.
 
-
-def save_checkpoint(model, path: Path) -> None:
-    """Model, optimizer, step counter and RNG state in one file, written atomically; for off-policy
-    algorithms also the replay buffer, and the observation normalizer when the env has one (an
-    off-policy run resumed without its buffer, or a normalized one without its statistics, would not
-    continue the same training)."""
-    buffer = io.BytesIO()
-    model.save(buffer)
-    replay = getattr(model, "replay_buffer", None)
-    env = model.get_env()
-    saved = {
-        "model": buffer.getvalue(),
-        "algorithm": type(model).__name__,  # so that a resume with another algorithm is refused, not misloaded
-        "num_timesteps": model.num_timesteps,
-        "rng": _rng_state(),
-        "replay_buffer": pickle.dumps(replay) if replay is not None else None,
-        "normalizer": pickle.dumps(env) if isinstance(env, VecNormalize) else None,
-    }
-    atomic_save(saved, path)
-
-
-def _finite(model) -> bool:
-    return all(torch.isfinite(p).all() for p in model.policy.parameters())
-
-
-class CheckpointAndStop(BaseCallback):
-    """Atomic checkpoints every ``every`` steps; on SIGINT/SIGTERM a last one, then stop.
-
-    Refuses to checkpoint (and stops training) once a parameter is not finite, so the last good
-    checkpoint survives a divergence.
+    After each checkpoint the held log rows up to its step are written (:class:`HeldOutput`). A NaN or
+    infinite parameter stops training before anything is saved, so the last good checkpoint survives.
     """
 
-    def __init__(self, path: Path, every: int) -> None:
+    def __init__(self, path: Path, every: int, record: dict[str, Any], logs: HeldOutput | None, kind: str) -> None:
+        """``record``: the config that defines the experiment (the resume contract compares it); ``logs``:
+        the held log rows to write after each checkpoint (or None); ``kind``: the checkpoint's kind."""
         super().__init__()
-        self.path, self.every = path, every
+        self.path, self.every, self.record, self.logs, self.kind = path, every, record, logs, kind
         self.signal: int | None = None
         self._next = 0
+        self._snapshot: dict[str, Any] | None = None
 
     def _on_training_start(self) -> None:
         self._next = (self.num_timesteps // self.every + 1) * self.every if self.every else 0
 
     def _on_rollout_start(self) -> None:
-        if not _finite(self.model):
-            raise TrainingDiverged(
+        check_finite(
+            self.model.policy.parameters(),
+            lambda: (
                 f"a policy parameter is NaN or infinite after {self.num_timesteps} steps; training stopped. "
                 f"The last good checkpoint is {self.path}"
-            )
+            ),
+        )
+        if isinstance(self.model, OnPolicyAlgorithm):
+            self._snapshot = {**algorithm_state(self.model, parameters=False), "logged": self._logged()}
+        if self.signal is None and self.every and self.num_timesteps >= self._next:
+            self.save()
+            self._next = (self.num_timesteps // self.every + 1) * self.every
 
     def _on_step(self) -> bool:
         if self.signal is not None:
-            if _finite(self.model):
-                save_checkpoint(self.model, self.path)
+            self.save()
             return False
-        if self.every and self.num_timesteps >= self._next:
-            if not _finite(self.model):
-                self._on_rollout_start()
-            save_checkpoint(self.model, self.path)
-            self._next += self.every
         return True
+
+    def _logged(self) -> dict[str, Any]:
+        """Values recorded but not yet dumped (the last update's losses): the next log row needs them."""
+        logger = self.model.logger
+        values = {k: float(v) for k, v in logger.name_to_value.items() if isinstance(v, (int, float, np.number))}
+        return {"values": values, "counts": {k: int(v) for k, v in logger.name_to_count.items()}}
+
+    @property
+    def steps(self) -> int:
+        """The step count a checkpoint written now records."""
+        return self._snapshot["num_timesteps"] if self._snapshot is not None else self.model.num_timesteps
+
+    def save(self, finished: bool = False) -> None:
+        if self._snapshot is not None and not finished:
+            state = {**self._snapshot, "parameters": self.model.get_parameters()}
+        else:
+            state = {**algorithm_state(self.model), "logged": self._logged()}
+        pending = self.logs.pending() if self.logs is not None else []
+        payload = {**state, "config": self.record, "pending_logs": pending, "finished": finished}
+        save_checkpoint(self.path, self.kind, payload)
+        if self.logs is not None:
+            self.logs.commit(state["num_timesteps"])
 
 
 @contextmanager
-def stop_on_signals(stopper: CheckpointAndStop) -> Iterator[None]:
+def stop_on_signals(stopper: Checkpointer) -> Iterator[None]:
     """Inside, SIGINT and SIGTERM make ``stopper`` write a last checkpoint and end training cleanly."""
 
     def on_signal(signum, frame):
@@ -232,40 +244,66 @@ def stop_on_signals(stopper: CheckpointAndStop) -> Iterator[None]:
 # ------------------------------------------------------------------------------------- runs
 
 
-def train(config: TrainConfig, run_dir: Path | None = None, resume_from: dict | None = None) -> dict[str, Any]:
-    """Train as ``config`` says, from scratch or from a loaded checkpoint (``resume_from``).
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Start the run ``config`` describes, in its folder (refused if the folder holds a run already)."""
+    run_dir = run_dir_for(config)
+    with RunLock(run_dir):
+        if (run_dir / CHECKPOINT).exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another seed"
+            )
+        if config.run.init_from is not None:
+            _checkpoint_of(config.run.init_from, "run.init_from")  # fails before any environment starts
+        return _train(config, run_dir, None)
 
-    Returns a summary; raises ``TrainingDiverged`` on NaN.
-    """
+
+def resume(run_dir: str | Path, overrides: Iterable[tuple[str, Any]] = ()) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its checkpoint (or start it, when it stopped before its first
+    one), with its saved config and ``overrides`` that leave the experiment the same (:data:`MUTABLE`)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
+    with RunLock(run_dir):
+        saved_config = resolve_config(run_dir / "config.yaml")
+        config = resolve_config(run_dir / "config.yaml", overrides)
+        check_resume(to_dict(saved_config), to_dict(config), MUTABLE)
+        saved = None
+        if (run_dir / CHECKPOINT).exists():
+            saved = load_checkpoint(run_dir / CHECKPOINT, "train")  # before any environment starts
+            check_resume(saved["config"], to_dict(config), MUTABLE)
+            algorithm = ALGORITHMS[config.algo].__name__
+            if saved["algorithm"] != algorithm:
+                raise ConfigError(f"{run_dir / CHECKPOINT} holds a {saved['algorithm']} run, not {algorithm}")
+        return _train(config, run_dir, saved)
+
+
+def _train(config: TrainConfig, run_dir: Path, saved: dict[str, Any] | None) -> dict[str, Any]:
+    """The training itself, in a locked run folder, from scratch or from ``saved`` (a checkpoint)."""
     run = config.run
     device = resolve_device(run.device)
-    run_dir = Path(run_dir or run_dir_for(config))
-    checkpoint = run_dir / "checkpoints" / "latest.pt"
-    if resume_from is None and checkpoint.exists():
-        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another seed")
-    if resume_from is None and run.init_from is not None:
-        _model_file(run.init_from)  # fails before any environment starts
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-
+    remove_temporaries(run_dir)  # left by a write that a stop interrupted
+    atomic_write(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     env = make_env(config.env.settings(), seed=run.seed)
     eval_env = None
+    logs = None
     try:
-        if resume_from is not None:
-            model = ALGORITHMS[config.algo].load(io.BytesIO(resume_from["model"]), env=env, device=device)
-            set_rng_state(resume_from["rng"])
-        else:
-            model = build_model(config, env, device)
-            if run.init_from is not None:
-                init_weights(model, run.init_from)
+        model = build_model(config, env, device)
+        if saved is not None:
+            restore_algorithm(model, saved)
+        elif run.init_from is not None:
+            init_weights(model, run.init_from)
+        # wandb first: it syncs the TensorBoard files that the logger below creates.
         tracking = start_tracking(config, run_dir) if run.track else None
-        if resume_from is not None and (run_dir / "progress.csv").exists():
-            # SB3's CSV logger truncates progress.csv: keep the earlier part beside it.
-            parts = len(list(run_dir.glob("progress.part*.csv")))
-            (run_dir / "progress.csv").rename(run_dir / f"progress.part{parts}.csv")
-        model.set_logger(configure(str(run_dir), ["csv", "tensorboard"]))
+        logs = HeldOutput(run_dir)
+        model.set_logger(Logger(folder=str(run_dir), output_formats=[logs]))
+        start = 0
+        if saved is not None:
+            start = saved["num_timesteps"]
+            logs.commit(start, saved["pending_logs"])  # what the checkpoint held, if a stop came first
+            model.logger.name_to_value.update(saved["logged"]["values"])
+            model.logger.name_to_count.update(saved["logged"]["counts"])
 
-        stopper = CheckpointAndStop(checkpoint, run.checkpoint_every)
+        stopper = Checkpointer(run_dir / CHECKPOINT, run.checkpoint_every, to_dict(config), logs, "train")
         callbacks: list[BaseCallback] = [stopper]
         if run.eval_every and run.eval_episodes:
             eval_env = make_env(
@@ -281,15 +319,15 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume_from: dict | 
                 warn=False,  # our Atari envs report full-game scores without SB3's Monitor
             )
             earlier = run_dir / "evaluations.npz"
-            if resume_from is not None and earlier.exists():
-                # EvalCallback rewrites evaluations.npz from its own lists: start them with the past.
+            if saved is not None and earlier.exists():
+                # EvalCallback rewrites evaluations.npz from its own lists: start them with the past, up to
+                # the checkpoint (later evaluations are of steps the resumed run trains again).
                 with np.load(earlier) as past:
-                    evaluator.evaluations_timesteps = past["timesteps"].tolist()
-                    evaluator.evaluations_results = past["results"].tolist()
-                    evaluator.evaluations_length = past["ep_lengths"].tolist()
+                    kept = past["timesteps"] <= start
+                    evaluator.evaluations_timesteps = past["timesteps"][kept].tolist()
+                    evaluator.evaluations_results = past["results"][kept].tolist()
+                    evaluator.evaluations_length = past["ep_lengths"][kept].tolist()
             callbacks.append(evaluator)
-        if tracking is not None:
-            callbacks.append(tracking.callback)
 
         try:
             with stop_on_signals(stopper):
@@ -297,49 +335,27 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume_from: dict | 
                     total_timesteps=max(config.total_steps - model.num_timesteps, 0),
                     callback=CallbackList(callbacks),
                     progress_bar=run.progress,
-                    reset_num_timesteps=resume_from is None,
+                    reset_num_timesteps=saved is None,
                 )
+            if stopper.signal is None:
+                stopper.save(finished=True)
+                model.save(run_dir / "model.zip")
         finally:
             if tracking is not None:
                 tracking.finish()
-        if stopper.signal is None:
-            save_checkpoint(model, checkpoint)
-            model.save(run_dir / "model.zip")
         return {
             "run_dir": str(run_dir),
-            "num_timesteps": model.num_timesteps,
+            "num_timesteps": model.num_timesteps if stopper.signal is None else stopper.steps,
             "interrupted_by": stopper.signal,
             "parameters": parameter_count(model),
             "device": str(device),
         }
     finally:
+        if logs is not None:
+            logs.close()
         env.close()
         if eval_env is not None:
             eval_env.close()
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by ``save_checkpoint``; a missing or unreadable one is a ``ConfigError``."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(saved, dict) or "model" not in saved:
-            raise ValueError("not a rims-rl checkpoint")
-        return saved
-    except FileNotFoundError:
-        raise ConfigError(f"no checkpoint at {path}") from None
-    except Exception as error:
-        raise ConfigError(f"cannot read checkpoint {path}: {error}") from None
-
-
-def resume(run_dir: str | Path, overrides: Iterable[tuple[str, Any]] = ()) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from ``checkpoints/latest.pt``, with its saved config and
-    ``overrides`` (such as a new ``total_steps``)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
-    saved = load_checkpoint(run_dir / "checkpoints" / "latest.pt")  # before any environment starts
-    config = resolve_config(run_dir / "config.yaml", overrides)
-    return train(config, run_dir=run_dir, resume_from=saved)
 
 
 def ensure_run(config: TrainConfig, run_dir: str | Path | None = None) -> str:
@@ -356,7 +372,7 @@ def ensure_run(config: TrainConfig, run_dir: str | Path | None = None) -> str:
         summary = resume(run_dir, [("total_steps", config.total_steps)])
         status = "resumed"
     else:
-        summary = train(config, run_dir)
+        summary = train(config)
         status = "trained"
     if summary["interrupted_by"] is not None:
         raise KeyboardInterrupt(f"{run_dir}: stopped by signal {summary['interrupted_by']}; checkpoint saved")

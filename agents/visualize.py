@@ -81,13 +81,13 @@ def visualize_run(
 ) -> dict[str, Any]:
     """Save one episode as ``episode.gif`` (frames with the active units below) and, for a RIMs core,
     ``activations.png`` (units x steps, dark = active) in ``out`` (default: ``RUN/visualize``)."""
-    model_path, run_dir, config = load_run(target)
+    run_dir, config = load_run(target)
     if distractors is not None:
         config = with_distractors(config, distractors)
     out = Path(out) if out is not None else run_dir / "visualize"
     env = render_env(config, seed)
     try:
-        model = load_model(model_path, config.algo, env, "cpu")
+        model = load_model(run_dir, config, env, "cpu")
         policy, core = model.policy, model.policy.lstm_actor
         # Which units the actor's core activates on each step, for a RIMs core.
         on_step = (

@@ -233,7 +233,7 @@ class PickupDistractorsEnv(MiniGridEnv):
         return obs, reward, terminated, truncated, info
 
 
-class MissionIds(gym.ObservationWrapper):
+class MissionIds(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """MiniGrid's observation as ``{"image", "mission"}`` arrays SB3 takes.
 
     ``image``: MiniGrid's (view, view, 3) cell codes (object, colour, state), flattened in row-major
@@ -243,7 +243,8 @@ class MissionIds(gym.ObservationWrapper):
     """
 
     def __init__(self, env: gym.Env, mission_length: int) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, mission_length=mission_length)
+        gym.ObservationWrapper.__init__(self, env)
         if isinstance(mission_length, bool) or not isinstance(mission_length, int) or mission_length < 1:
             raise ValueError(f"mission_length must be a positive integer, got {mission_length!r}")
         self.mission_length = mission_length

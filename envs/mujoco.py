@@ -34,7 +34,7 @@ def set_gl_backend(gl: str) -> None:
     os.environ["MUJOCO_GL"] = gl
 
 
-class JointNoise(gym.Wrapper):
+class JointNoise(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """After every step, add Gaussian noise (std ``std``) to the actuated joints' positions and
     velocities, and return the observation of the perturbed state. Works under :class:`PixelObservation`
     too (wrap the state env first: the frame is rendered after the perturbation). ``std=0`` leaves the
@@ -42,7 +42,8 @@ class JointNoise(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env, std: float) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, std=std)
+        gym.Wrapper.__init__(self, env)
         if isinstance(std, bool) or not isinstance(std, (int, float)) or std < 0:
             raise ValueError(f"joint noise std must be a non-negative number, got {std!r}")
         self.std = float(std)
@@ -81,11 +82,16 @@ def render_frame(env: gym.Env) -> np.ndarray:
     return np.ascontiguousarray(renderer.render("rgb_array").transpose(2, 0, 1))
 
 
-class PixelObservation(gym.ObservationWrapper):
+class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """The rendered frame as the observation: ``(3, size, size)`` uint8, channel first."""
 
     def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
+        if env.render_mode != "rgb_array":
+            raise ValueError(f"PixelObservation needs render_mode='rgb_array', got {env.render_mode!r}")
+        # The frames come from rgb_array rendering, so that is the only mode this env can be made with.
+        self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
         height, width = env.unwrapped.height, env.unwrapped.width
         self.observation_space = spaces.Box(0, 255, (3, height, width), np.uint8)
 
@@ -101,20 +107,24 @@ def make_cheetah(
     joint_noise: float = 0.0,
     gl: str = "egl",
     max_episode_steps: int = 1000,
+    render_mode: str | None = None,
     **kwargs: Any,
 ) -> gym.Env:
     """HalfCheetah-v5, from pixels (the last ``frame_stack`` frames, ``(frame_stack * 3, size, size)``)
     or from its state vector, with optional joint noise.
 
-    ``render_mode`` is always ``rgb_array``: the pixels come from it.
+    The pixel env always renders ``rgb_array`` frames (its observations are made of them), so its
+    ``render_mode`` may only be ``None`` or ``"rgb_array"``; the state env passes ``render_mode`` on.
     """
+    if render_mode not in (None, "rgb_array") and pixels:
+        raise ValueError(f"render_mode must be None or 'rgb_array' for the pixel env, got {render_mode!r}")
     for name, value in (("size", size), ("frame_stack", frame_stack), ("max_episode_steps", max_episode_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     set_gl_backend(gl)
     env = gym.make(
         ENV_ID,
-        render_mode="rgb_array",
+        render_mode="rgb_array" if pixels else render_mode,
         width=size,
         height=size,
         camera_name=camera,

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-__all__ = ["PICKUP_ID", "PICKUP_IDS", "PICKUP_PREFIX", "SPLITS", "is_pickup_id", "register"]
+__all__ = [
+    "CARTPOLE_NO_VELOCITY_ID",
+    "CHEETAH_PIXELS_ID",
+    "PICKUP_ID",
+    "PICKUP_IDS",
+    "PICKUP_PREFIX",
+    "REPEAT_CARD_ID",
+    "SPLITS",
+    "ids",
+    "is_pickup_id",
+    "register",
+]
 
 # Our MiniGrid pickup task (rims_rl.envs.minigrid): distractors drawn per split.
 SPLITS = ("train", "known", "novel")
@@ -17,6 +28,12 @@ PICKUP_PREFIX = "RimsRL/Pickup"
 PICKUP_ID = f"{PICKUP_PREFIX}-v0"  # the split as a keyword (train by default)
 PICKUP_IDS = {f"{PICKUP_PREFIX}-{split.capitalize()}-v0": split for split in SPLITS}  # one id per split
 _ENTRY = "rims_rl.envs.minigrid:make_pickup_env"
+# CartPole without velocities (rims_rl.envs.classic): the memory task of `make demo`.
+CARTPOLE_NO_VELOCITY_ID = "RimsRL/CartPoleNoVel-v1"
+# Name the card shown 4 steps ago (rims_rl.envs.classic.RepeatCard): remembering a specific past input.
+REPEAT_CARD_ID = "RimsRL/RepeatCard-v0"
+# HalfCheetah-v5 seen through stacked rendered frames (rims_rl.envs.mujoco), the imitation task's env.
+CHEETAH_PIXELS_ID = "RimsRL/HalfCheetahPixels-v0"
 
 
 def is_pickup_id(env_id: str) -> bool:
@@ -24,13 +41,28 @@ def is_pickup_id(env_id: str) -> bool:
     return env_id.startswith(PICKUP_PREFIX)
 
 
+def ids() -> tuple[str, ...]:
+    """Every id this package registers."""
+    return (PICKUP_ID, *PICKUP_IDS, CARTPOLE_NO_VELOCITY_ID, REPEAT_CARD_ID, CHEETAH_PIXELS_ID)
+
+
 def register() -> None:
     """Register every id of ours (idempotent)."""
-    if PICKUP_ID not in gym.registry:
-        gym.register(PICKUP_ID, entry_point=_ENTRY)
-    for env_id, split in PICKUP_IDS.items():
+    entries = {
+        PICKUP_ID: {"entry_point": _ENTRY},
+        **{env_id: {"entry_point": _ENTRY, "kwargs": {"split": split}} for env_id, split in PICKUP_IDS.items()},
+        CARTPOLE_NO_VELOCITY_ID: {
+            "entry_point": "rims_rl.envs.classic:make_cartpole_no_velocity",
+            "max_episode_steps": 500,
+            "reward_threshold": 475.0,
+        },
+        REPEAT_CARD_ID: {"entry_point": "rims_rl.envs.classic:RepeatCard"},
+        # make_cheetah limits the episode itself (max_episode_steps) and always renders rgb_array frames.
+        CHEETAH_PIXELS_ID: {"entry_point": "rims_rl.envs.mujoco:make_cheetah"},
+    }
+    for env_id, entry in entries.items():
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point=_ENTRY, kwargs={"split": split})
+            gym.register(env_id, **entry)
 
 
 register()

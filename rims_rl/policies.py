@@ -5,18 +5,26 @@ Thin glue over ``RecurrentActorCriticPolicy``: the recurrent core is ours (``rim
 state buffers) is sb3-contrib's. RIMs and LSTM policies share every line except the core, so a
 comparison between them differs only in the core.
 
-Critic structure (``critic_core``):
+Critic structure (``critic_core``), and how sb3-contrib's two flags map onto it:
 
-- ``"shared"`` (default): one core feeds actor and critic, and both losses train it, as in the
-  PPO code base the RIMs paper used. (sb3-contrib's ``shared_lstm=True`` instead detaches the
-  critic's input, so value gradients never reach the core.)
-- ``"separate"``: a second core of the same kind for the critic (sb3-contrib's default layout).
-- ``"none"``: a feed-forward critic on the extracted features.
+- ``"separate"`` (default; ``enable_critic_lstm=True``, sb3-contrib's default layout): a second core of
+  the same kind for the critic.
+- ``"detached"`` (``shared_lstm=True, enable_critic_lstm=False``): the critic reads the actor core's
+  output detached, so the value loss trains neither the core nor the features extractor.
+- ``"shared"``: one core feeds actor and critic and both losses train it, as in the PPO code base the
+  RIMs paper used. On memory tasks the value loss then competes with the policy for the core (see
+  ``docs/results.md``), which is why it is not the default.
+- ``"none"`` (``shared_lstm=False, enable_critic_lstm=False``): a feed-forward critic on the features.
+
+Every policy builds with no ``policy_kwargs``. Dropout in the core defaults to 0 here (the core itself keeps
+the paper's 0.1 for supervised use): SB3 collects in eval mode and trains in train mode, so live dropout
+makes PPO's first ratio differ from 1 and A2C's update differ from its own rollout.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, ClassVar
 
 import torch
 from gymnasium import spaces
@@ -41,12 +49,34 @@ __all__ = [
     "RimsPolicy",
 ]
 
-CRITIC_CORES = ("shared", "separate", "none")
+CRITIC_CORES = ("separate", "detached", "shared", "none")
+DEFAULT_CRITIC_CORE = "separate"
+# sb3-contrib's (shared_lstm, enable_critic_lstm) and the critic core each pair means.
+_SB3_CRITIC = {(False, True): "separate", (True, False): "detached", (False, False): "none"}
 # Episode-start value that marks a padding slot of a minibatch whose observations come unpadded
 # (see ``RecurrentCorePolicy._padded_features``).
 PADDING_START = -1.0
-# sb3-contrib's LSTM settings that the core replaces; accepting them silently would mislead.
-_CORE_OWNED = ("n_lstm_layers", "shared_lstm", "enable_critic_lstm", "lstm_kwargs")
+
+
+def critic_core_from(critic_core: str | None, shared_lstm: bool | None, enable_critic_lstm: bool | None) -> str:
+    """The critic core that ``critic_core`` and sb3-contrib's flags ask for together (``ValueError`` when
+    they disagree). An unset ``enable_critic_lstm`` means ``not shared_lstm``, so ``shared_lstm=True``
+    alone works (sb3-contrib would assert that both flags are set)."""
+    if critic_core is not None and critic_core not in CRITIC_CORES:
+        raise ValueError(f"critic_core must be one of {', '.join(CRITIC_CORES)}, got {critic_core!r}")
+    if shared_lstm is None and enable_critic_lstm is None:
+        return critic_core or DEFAULT_CRITIC_CORE
+    shared = bool(shared_lstm)
+    enable = (not shared) if enable_critic_lstm is None else bool(enable_critic_lstm)
+    if (shared, enable) not in _SB3_CRITIC:
+        raise ValueError("shared_lstm=True and enable_critic_lstm=True: choose one critic (as in sb3-contrib)")
+    implied = _SB3_CRITIC[shared, enable]
+    if critic_core is not None and critic_core != implied:
+        raise ValueError(
+            f"critic_core={critic_core!r} contradicts shared_lstm={shared}, enable_critic_lstm={enable} "
+            f"(which mean {implied!r}): set one or the other"
+        )
+    return implied
 
 
 class RecurrentCorePolicy(RecurrentActorCriticPolicy):
@@ -67,22 +97,25 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         observation_space: spaces.Space,
         action_space: spaces.Space,
         lr_schedule: Schedule,
-        critic_core: str = "shared",
+        critic_core: str | None = None,
+        shared_lstm: bool | None = None,
+        enable_critic_lstm: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        if critic_core not in CRITIC_CORES:
-            raise ValueError(f"critic_core must be one of {', '.join(CRITIC_CORES)}, got {critic_core!r}")
-        owned = sorted(set(kwargs) & set(_CORE_OWNED))
-        if owned:
-            raise ValueError(f"{', '.join(owned)}: set by the core of {type(self).__name__}, not accepted here")
-        if critic_core == "shared" and not kwargs.get("share_features_extractor", True):
-            raise ValueError("critic_core='shared' needs share_features_extractor=True")
+        critic_core = critic_core_from(critic_core, shared_lstm, enable_critic_lstm)
+        for key, instead in self._lstm_settings.items():
+            if key in kwargs:
+                raise ValueError(f"{type(self).__name__} does not take {key}: {instead}")
+        if critic_core in ("shared", "detached") and not kwargs.get("share_features_extractor", True):
+            raise ValueError(f"critic_core={critic_core!r} needs share_features_extractor=True")
         self.critic_core = critic_core
         super().__init__(
             observation_space,
             action_space,
             lr_schedule,
             lstm_hidden_size=self._core_output_size(),
+            # The parent builds a feed-forward critic only for "none".
+            shared_lstm=critic_core in ("shared", "detached"),
             enable_critic_lstm=critic_core == "separate",
             # The parent always builds nn.LSTMs, which the cores below replace: on the meta device they
             # hold no memory and draw no random numbers.
@@ -92,8 +125,6 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         self.lstm_actor = self._build_core(self.features_dim)
         if critic_core == "separate":
             self.lstm_critic = self._build_core(self.features_dim)
-        elif critic_core == "shared":
-            self.critic = None
         # Convolutions (the Nature CNN's) run about 25% faster forward and backward in channels-last
         # layout on CPU (oneDNN); only 4-d weights change layout, values are equal up to rounding.
         self.to(memory_format=torch.channels_last)
@@ -112,6 +143,9 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         return options
 
     # -- what a subclass provides
+
+    # sb3-contrib's LSTM settings that this policy does not take, and what to use instead.
+    _lstm_settings: ClassVar[dict[str, str]] = {}
 
     def _core_output_size(self) -> int:
         raise NotImplementedError
@@ -174,6 +208,8 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
             latent_vf, states_vf = self._process_sequence(vf_features, lstm_states.vf, episode_starts, self.lstm_critic)
         elif self.critic_core == "shared":
             latent_vf, states_vf = latent_pi, states_pi  # no detach: the value loss trains the core too
+        elif self.critic_core == "detached":
+            latent_vf, states_vf = latent_pi.detach(), states_pi
         else:
             latent_vf, states_vf = self.critic(vf_features), states_pi
         return (
@@ -235,22 +271,42 @@ class RimsPolicy(RecurrentCorePolicy):
     """Recurrent actor-critic with a :class:`rims_rl.RIMs` core (MLP features by default).
 
     Args:
-        rims_kwargs: arguments of :class:`rims_rl.RIMs` except ``input_size`` (the features
-            width). Must include ``unit_size``, ``num_units`` and ``k_active``; the rest default to
-            the paper's Table 3. Keep the dropouts at 0 for PPO and A2C: dropout that is live in
-            the update but not in collection makes the first PPO ratio differ from 1.
+        rims_kwargs: arguments of :class:`rims_rl.RIMs` except ``input_size`` (the features width),
+            merged key by key over :attr:`default_rims_kwargs`; the rest keep the core's defaults (the
+            paper's Table 3) except the dropouts, 0 here. Non-zero dropout warns once: dropout that is
+            live in the update but not in collection makes PPO's first ratio differ from 1.
         **kwargs: see :class:`RecurrentCorePolicy`.
     """
 
+    #: Without ``rims_kwargs``: 4 units of 32 (the width of a small LSTM), 2 active, for vector inputs.
+    default_rims_kwargs: ClassVar[dict[str, Any]] = {
+        "unit_size": 32,
+        "num_units": 4,
+        "k_active": 2,
+        "input_dropout": 0.0,
+        "comm_dropout": 0.0,
+    }
+    _lstm_settings: ClassVar[dict[str, str]] = {
+        "lstm_hidden_size": "the core's width is rims_kwargs num_units x unit_size",
+        "n_lstm_layers": "a RIMs core is one layer of num_units units (rims_kwargs num_units)",
+        "lstm_kwargs": "the core's arguments go in rims_kwargs",
+    }
+
     def __init__(self, observation_space, action_space, lr_schedule, rims_kwargs: dict | None = None, **kwargs):
-        rims_kwargs = dict(rims_kwargs or {})
-        missing = [key for key in ("unit_size", "num_units", "k_active") if key not in rims_kwargs]
-        if missing:
-            raise ValueError(f"rims_kwargs must set {', '.join(missing)}")
-        if "input_size" in rims_kwargs:
+        if "input_size" in (rims_kwargs or {}):
             raise ValueError("rims_kwargs must not set input_size: it is the features extractor's width")
+        rims_kwargs = {**self.default_rims_kwargs, **(rims_kwargs or {})}
         # Fail on bad RIMs arguments now, before the parent builds anything.
         RIMs.check_arguments(**rims_kwargs)
+        live = [key for key in ("input_dropout", "comm_dropout") if rims_kwargs.get(key, 0.1) > 0]
+        if live:
+            warnings.warn(
+                f"{type(self).__name__}: {' and '.join(live)} > 0. SB3 acts with dropout off and updates with it "
+                "on, so PPO's first ratio differs from 1 and A2C's gradient is not that of its rollout; "
+                "set them to 0 unless you mean it.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.rims_kwargs = rims_kwargs
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
@@ -268,9 +324,14 @@ class LstmPolicy(RecurrentCorePolicy):
     """The LSTM baseline: the same policy as :class:`RimsPolicy` with an ``nn.LSTM`` core.
 
     Args:
-        lstm_hidden_size: the LSTM's hidden size (the core's output width).
+        lstm_hidden_size: the LSTM's hidden size (the core's output width); 256 as sb3-contrib's.
         **kwargs: see :class:`RecurrentCorePolicy`.
     """
+
+    _lstm_settings: ClassVar[dict[str, str]] = {
+        "n_lstm_layers": "the baseline has one layer, like a RIMs core",
+        "lstm_kwargs": "the baseline is a plain one-layer nn.LSTM of lstm_hidden_size",
+    }
 
     def __init__(self, observation_space, action_space, lr_schedule, lstm_hidden_size: int = 256, **kwargs):
         if isinstance(lstm_hidden_size, bool) or not isinstance(lstm_hidden_size, int) or lstm_hidden_size < 1:
@@ -289,7 +350,15 @@ class LstmPolicy(RecurrentCorePolicy):
 
 
 class RimsCnnPolicy(RimsPolicy):
-    """:class:`RimsPolicy` with NatureCNN features, for image observations."""
+    """:class:`RimsPolicy` with NatureCNN features, for image observations; without ``rims_kwargs`` the
+    paper's Atari core (6 units of 100, 4 active)."""
+
+    default_rims_kwargs: ClassVar[dict[str, Any]] = {
+        **RimsPolicy.default_rims_kwargs,
+        "unit_size": 100,
+        "num_units": 6,
+        "k_active": 4,
+    }
 
     def __init__(self, *args, features_extractor_class: type = NatureCNN, **kwargs):
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)

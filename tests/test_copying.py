@@ -7,7 +7,9 @@ import math
 
 import pytest
 import torch
+import yaml
 
+from rims_rl.agents.checkpointing import load_checkpoint
 from rims_rl.agents.config import ConfigError, CoreConfig, parse_set
 from rims_rl.agents.copying import copying_batch, load_copying_config, run_copying
 from tests.helpers import assert_one_line_error, cli
@@ -71,8 +73,8 @@ def test_run_writes_results_and_resume_continues_exactly(tmp_path):
         assert [h["update"] for h in b["history"]] == [10, 20]
         assert a["eval_ce"] == b["eval_ce"]
     for name in ("rims", "lstm"):
-        left = torch.load(tmp_path / "straight" / f"{name}.pt", weights_only=False)["model"]
-        right = torch.load(tmp_path / "resumed" / f"{name}.pt", weights_only=False)["model"]
+        left = load_checkpoint(tmp_path / "straight" / "checkpoints" / f"{name}.pt", "copying")["model"]
+        right = load_checkpoint(tmp_path / "resumed" / "checkpoints" / f"{name}.pt", "copying")["model"]
         assert all(torch.equal(left[key], right[key]) for key in left)
 
 
@@ -104,7 +106,7 @@ def test_cli_runs_the_copying_task(tmp_path):
     result = cli("copying", "--out", str(tmp_path), "--models", "lstm", "--no-progress", *overrides)
     assert result.returncode == 0, result.stderr
     assert "| lstm |" in result.stdout
-    assert (tmp_path / "results.md").is_file() and (tmp_path / "lstm.pt").is_file()
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "checkpoints" / "lstm.pt").is_file()
 
 
 @pytest.mark.parametrize(
@@ -117,7 +119,7 @@ def test_cli_runs_the_copying_task(tmp_path):
         (["--set", "train.updates=0"], "train.updates must be in [1, "),
         (["--set", "train.updates=-1"], "train.updates must be in [1, "),
         (["--config", "missing.yaml"], "config not found"),
-        (["--models", "gpt"], "--models: unknown gpt"),
+        (["--models", "gpt"], "run.models: unknown gpt"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
@@ -125,7 +127,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
         pytest.skip("a GPU is present")
     result = cli("copying", "--out", str(tmp_path), *args)
     assert_one_line_error(result, message)
-    assert not list(tmp_path.glob("*.pt"))
+    assert not list(tmp_path.rglob("*.pt"))
 
 
 def test_cli_help_documents_every_option():
@@ -133,3 +135,33 @@ def test_cli_help_documents_every_option():
     assert result.returncode == 0
     for option in ("--config", "--set", "--models", "--out", "--resume", "--no-progress"):
         assert option in result.stdout
+
+
+def test_a_copying_grid_runs_through_the_sweep_reuses_finished_runs_and_reports_once(tmp_path):
+    """Tables 1 and 5 are sweeps of copying runs: one folder per variant, one table and plot over the grid."""
+    overrides = dict(parse_set(item) for item in [*TINY, "train.updates=20"])
+    del overrides["models.rims.k_active"]  # each variant sets its own
+    spec = {
+        "command": "copying",
+        "config": "copying.yaml",
+        "out": str(tmp_path / "grid"),
+        "grid": {"run.seed": [0]},
+        "variants": {
+            "rims-k1": {"run.models": ["rims"], "models.rims.k_active": 1},
+            "lstm": {"run.models": ["lstm"]},
+        },
+        "overrides": {**overrides, "run.progress": False},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = cli("sweep", "--config", str(path), "--workers", "2", timeout=600)
+    assert result.returncode == 0, result.stderr
+    grid = tmp_path / "grid"
+    table = (grid / "results.md").read_text()
+    assert "| rims-k1 (seed0) |" in table and "| lstm (seed0) |" in table and "all steps" in table
+    assert (grid / "curves.png").stat().st_size > 1000
+    assert (grid / "rims-k1" / "seed0" / "rims-activations.png").is_file()
+    saved = load_checkpoint(grid / "rims-k1" / "seed0" / "checkpoints" / "rims.pt", "copying")
+    assert saved["spec"]["k_active"] == 1 and saved["state"]["update"] == 20
+    again = cli("sweep", "--config", str(path), timeout=600)
+    assert again.returncode == 0 and "2 runs: 2 done" in again.stdout

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
-import pickle
 
 import numpy as np
 import pytest
 import torch
 
+from rims_rl.agents.checkpointing import load_checkpoint, save_checkpoint
 from rims_rl.agents.config import ConfigError, CoreConfig
 from rims_rl.agents.imitation import (
     STAGES,
@@ -140,6 +141,15 @@ def test_dataset_round_trip_and_corruption(pipeline):
         collect(config, corrupt, log=quiet)  # refuses, and leaves the file as it was
     assert (corrupt / "dataset.npz").read_bytes() == bytes(raw)
 
+    # A dataset whose checksum matches but which lacks an array is refused in one line.
+    partial = out.parent / "partial"
+    partial.mkdir()
+    np.savez(partial / "dataset.npz", actions=data["actions"], rewards=data["rewards"])
+    digest = hashlib.sha256((partial / "dataset.npz").read_bytes()).hexdigest()
+    (partial / "dataset.json").write_text(json.dumps({**meta, "sha256": digest}))
+    with pytest.raises(ConfigError, match="lacks episode_starts, frames"):
+        load_dataset(partial)
+
 
 def test_action_noise_is_executed_but_the_expert_action_is_recorded(pipeline):
     _, out = pipeline
@@ -158,19 +168,37 @@ def test_action_noise_is_executed_but_the_expert_action_is_recorded(pipeline):
     assert not np.array_equal(noisy["frames"][5], clean["frames"][5])  # the noise moved the cheetah
 
 
-def test_bc_learns_checkpoints_and_resumes(pipeline):
+def test_bc_learns_checkpoints_and_resumes(pipeline, tmp_path, monkeypatch):
+    from rims_rl.agents import imitation
+
     config, out = pipeline
     info = train_bc(config, out, "rims_k3", log=quiet)
     assert info["epochs"] == 2 and np.isfinite(info["final_loss"])
-    folder = out / "bc" / "rims_k3"
-    final = torch.load(folder / "model.pt", weights_only=False)
-    # Crash after the last checkpoint but before model.pt: a rerun resumes instead of starting over.
-    (folder / "model.pt").unlink()
+    final = load_checkpoint(out / "bc" / "rims_k3" / "checkpoint.pt", "bc")
+    assert final["finished"] and final["epoch"] == 2
     messages = []
-    again = train_bc(config, out, "rims_k3", log=messages.append)
-    assert any("resuming at epoch 2" in m for m in messages)
+    assert train_bc(config, out, "rims_k3", log=messages.append) == info and messages == ["bc rims_k3: done already"]
+
+    # The same training in another folder, stopped by a crash after its epoch-1 checkpoint
+    # (bc.checkpoint_every is 1): the rerun resumes there and ends with the same weights.
+    for name in ("dataset.npz", "dataset.json"):
+        (tmp_path / name).symlink_to(out / name)
+    saves = []
+
+    def crash_after_one(*args, **kwargs):
+        if saves:
+            raise RuntimeError("stopped")
+        saves.append(args)
+        save_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(imitation, "save_checkpoint", crash_after_one)
+    with pytest.raises(RuntimeError, match="stopped"):
+        train_bc(config, tmp_path, "rims_k3", log=quiet)
+    monkeypatch.undo()
+    again = train_bc(config, tmp_path, "rims_k3", log=messages.append)
+    assert any("resuming at epoch 1" in m for m in messages)
     assert again["final_loss"] == info["final_loss"]
-    resumed = torch.load(folder / "model.pt", weights_only=False)
+    resumed = load_checkpoint(tmp_path / "bc" / "rims_k3" / "checkpoint.pt", "bc")
     for key, value in final["policy"].items():
         torch.testing.assert_close(resumed["policy"][key], value, rtol=0, atol=0)
 
@@ -267,7 +295,6 @@ def test_expert_crash_resumes_from_its_checkpoint(tmp_path, monkeypatch, algo_ov
     model, the step counter, SAC's replay buffer and the normalizer's statistics, and the same command
     continues from them up to a raised total."""
     from rims_rl.agents import imitation
-    from rims_rl.agents.train import load_checkpoint
 
     overrides = [*TINY, *algo_overrides, "expert.checkpoint_every=100"]
     config = load_imitation_config("mujoco/halfcheetah.yaml", pairs(*overrides, "expert.total_steps=200"))
@@ -279,7 +306,7 @@ def test_expert_crash_resumes_from_its_checkpoint(tmp_path, monkeypatch, algo_ov
     with pytest.raises(RuntimeError, match="evaluation crashed"):
         imitation.expert(config, tmp_path, log=quiet)
     monkeypatch.undo()
-    first = load_checkpoint(tmp_path / "expert" / "checkpoint.pt")
+    first = load_checkpoint(tmp_path / "expert" / "checkpoint.pt", "expert")
     assert first["num_timesteps"] == 200
     assert not (tmp_path / "expert" / "expert.json").exists()
     # The same folder with the other algorithm is refused in one line before anything starts.
@@ -287,7 +314,7 @@ def test_expert_crash_resumes_from_its_checkpoint(tmp_path, monkeypatch, algo_ov
     mismatched = load_imitation_config("mujoco/halfcheetah.yaml", pairs(*overrides, f"expert.algo={other}"))
     with pytest.raises(ConfigError, match=f"holds a {first['algorithm']} expert but expert.algo is {other}"):
         imitation.expert(mismatched, tmp_path, log=quiet)
-    assert load_checkpoint(tmp_path / "expert" / "checkpoint.pt")["num_timesteps"] == 200
+    assert load_checkpoint(tmp_path / "expert" / "checkpoint.pt", "expert")["num_timesteps"] == 200
 
     messages: list[str] = []
     config = load_imitation_config("mujoco/halfcheetah.yaml", pairs(*overrides, "expert.total_steps=300"))
@@ -296,17 +323,17 @@ def test_expert_crash_resumes_from_its_checkpoint(tmp_path, monkeypatch, algo_ov
         imitation.expert(config, tmp_path, log=messages.append)
     monkeypatch.undo()
     assert any("resuming" in message and "step 200 of 300" in message for message in messages)
-    last = load_checkpoint(tmp_path / "expert" / "checkpoint.pt")
+    last = load_checkpoint(tmp_path / "expert" / "checkpoint.pt", "expert")
     assert last["num_timesteps"] == 300
     if "expert.algo=sac" in algo_overrides:
-        before, after = (pickle.loads(saved["replay_buffer"]) for saved in (first, last))
-        assert before.pos == 200 and after.pos == 300
-        np.testing.assert_array_equal(after.observations[:200], before.observations[:200])
-        assert first["normalizer"] is None
+        before, after = first["replay"], last["replay"]
+        assert before["pos"] == 200 and after["pos"] == 300
+        torch.testing.assert_close(after["arrays"]["observations"][:200], before["arrays"]["observations"])
+        assert "normalizer" not in first
     else:
-        before, after = (pickle.loads(saved["normalizer"]).obs_rms.count for saved in (first, last))
+        before, after = (saved["normalizer"]["obs"]["count"] for saved in (first, last))
         assert after >= before + 100  # the statistics went on (a restart would hold about 100)
-        assert (tmp_path / "expert" / "vecnormalize.pkl").is_file()
+        assert load_checkpoint(tmp_path / "expert" / "expert.pt", "expert-policy")["normalizer"] is not None
     messages.clear()
     imitation.expert(config, tmp_path, log=messages.append)  # nothing left to train: saved and evaluated
     assert any("step 300 of 300" in message for message in messages)

@@ -262,9 +262,9 @@ def discounted_returns(rewards, starts, last_values, last_dones, gamma):
 def test_a2c_update_equals_hand_computed_a2c_step(policy):
     name, policy_kwargs = POLICIES[policy]
     n_envs, steps = 3, 32
-    model = RecurrentA2C(
-        name, cartpole(), policy_kwargs=policy_kwargs, n_steps=steps, ent_coef=0.01, seed=0, device="cpu"
-    )
+    # The paper's layout (one core, both losses train it), which the step below computes by hand.
+    shared = {**policy_kwargs, "critic_core": "shared"}
+    model = RecurrentA2C(name, cartpole(), policy_kwargs=shared, n_steps=steps, ent_coef=0.01, seed=0, device="cpu")
     assert isinstance(model.policy.optimizer, torch.optim.RMSprop)
     before = copy.deepcopy(model.policy)
     initial = [p.detach().clone() for p in model.policy.parameters()]

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.logger import Logger
 
-from rims_rl.agents.train import CheckpointAndStop, TrainingDiverged, build_model, resolve_config, save_checkpoint
+from rims_rl.agents.config import to_dict
+from rims_rl.agents.runs import RunDiverged
+from rims_rl.agents.train import Checkpointer, build_model, resolve_config
 from rims_rl.envs import make_env
 from tests.helpers import assert_one_line_error, cli, pairs
 
@@ -43,7 +43,7 @@ def test_train_evaluate_compare_end_to_end(tmp_path):
     run = runs / "CartPole-v1" / "ppo-rims" / "seed0"
     for name in ("config.yaml", "progress.csv", "evaluations.npz", "model.zip", "checkpoints/latest.pt"):
         assert (run / name).is_file(), name
-    assert list(run.glob("events.out.tfevents.*"))
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert len(np.load(run / "evaluations.npz")["timesteps"]) == 2
 
     result = cli("evaluate", str(run), "--episodes", "3", "--deterministic")
@@ -59,57 +59,22 @@ def test_train_evaluate_compare_end_to_end(tmp_path):
     assert (tmp_path / "cmp" / "curves.png").stat().st_size > 1000
 
 
-def test_sigterm_checkpoints_and_resume_continues(tmp_path):
-    args = ["train", *TINY, "--total-steps", "100000", "--out", str(tmp_path), "--set", "run.eval_every=0"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rims_rl", *args, "--set", "run.checkpoint_every=64"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    run = tmp_path / "CartPole-v1" / "ppo-rims" / "seed0"
-    checkpoint = run / "checkpoints" / "latest.pt"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    assert checkpoint.exists(), "no checkpoint was written"
-    time.sleep(1.0)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr
-    assert "rims-rl train --resume" in stderr and "Traceback" not in stderr
-    stopped_at = torch.load(checkpoint, weights_only=False)["num_timesteps"]
-    assert 0 < stopped_at < 100_000
-
-    # Another run into the same folder is refused; --resume continues the step count.
-    refused = cli(*args)
-    assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = cli("train", "--resume", str(run), "--total-steps", str(stopped_at + 64))
-    assert resumed.returncode == 0, resumed.stderr
-    final = torch.load(checkpoint, weights_only=False)["num_timesteps"]
-    assert stopped_at + 64 <= final < stopped_at + 64 + 64
-    assert (run / "model.zip").is_file()
-    # Both parts of the training log survive, and the curve covers the whole run.
-    from rims_rl.agents.runs import learning_curve
-
-    assert (run / "progress.part0.csv").is_file() and (run / "progress.csv").is_file()
-    steps, _ = learning_curve(run, "train")
-    assert steps.min() < stopped_at < steps.max()
-
-
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     config = resolve_config("classic/cartpole.yaml", [("run.progress", False)])
     env = make_env(config.env.settings(), seed=0)
     model = build_model(config, env, torch.device("cpu"))
+    model.set_logger(Logger(None, []))
     path = tmp_path / "latest.pt"
-    save_checkpoint(model, path)
-    good = path.read_bytes()
-    callback = CheckpointAndStop(path, every=1)
+    callback = Checkpointer(path, 1, to_dict(config), None, "train")
     callback.init_callback(model)
+    callback.on_training_start(locals(), globals())
+    callback.on_rollout_start()
+    callback.save()  # a good state: checkpointed
+    good = path.read_bytes()
     with torch.no_grad():
         next(model.policy.parameters())[0] = float("nan")
-    with pytest.raises(TrainingDiverged, match="NaN or infinite"):
+    with pytest.raises(RunDiverged, match="NaN or infinite"):
         callback.on_rollout_start()
-    with pytest.raises(TrainingDiverged):
-        callback.on_step()
     assert path.read_bytes() == good
     env.close()
 
@@ -135,7 +100,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
         (["--set", "env.n_envs=100000"], "env.n_envs must be in [1, 1024]"),
         (["--set", "ppo"], "is not of the form key=value"),
         (["--device", "cuda"], "no CUDA GPU"),
-        (["--resume", "/nonexistent/run"], "not a run folder"),
+        (["--resume", "/nonexistent/run"], "--out does not apply with --resume"),
         (["--config", "nope.yaml"], "config not found"),
     ],
 )

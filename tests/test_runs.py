@@ -1,0 +1,383 @@
+"""Run records you can trust: exact resume after any stop, one writer per folder, a resume contract, no code
+run when a run folder is opened, wandb records that overlay, and bad input in one line."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import pickle
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rims_rl.agents.algorithms import algorithm_state, restore_algorithm
+from rims_rl.agents.checkpointing import load_checkpoint, save_checkpoint
+from rims_rl.agents.runs import RunError
+from rims_rl.agents.train import build_model, resolve_config
+from rims_rl.envs import make_env
+from tests.helpers import assert_one_line_error, cli, pairs
+
+SETTINGS = [
+    "run.progress=false", "run.checkpoint_every=128", "run.eval_every=192", "run.eval_episodes=2",
+    "ppo.n_steps=16", "ppo.batch_size=32", "ppo.n_epochs=1",
+]  # fmt: skip
+TINY = ["--config", "classic/cartpole.yaml", *(arg for item in SETTINGS for arg in ("--set", item))]
+
+
+def run_folder(out: Path, policy: str = "rims", seed: int = 0) -> Path:
+    return out / "CartPole-v1" / f"ppo-{policy}" / f"seed{seed}"
+
+
+def start(out: Path, *extra: str, total: int = 1_000_000) -> subprocess.Popen:
+    args = [sys.executable, "-m", "rims_rl", "train", *TINY, "--total-steps", str(total), "--out", str(out), *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, seconds: float = 180) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.1)
+
+
+def checkpoint_steps(run: Path) -> int:
+    return load_checkpoint(run / "checkpoints" / "latest.pt", "train")["num_timesteps"]
+
+
+def logged_steps(run: Path) -> list[int]:
+    with open(run / "progress.csv") as handle:
+        return [int(row["time/total_timesteps"]) for row in csv.DictReader(handle)]
+
+
+def assert_exact_record(run: Path, total: int) -> None:
+    """Each step once and in order in every record, nothing left over from an interrupted write."""
+    steps = logged_steps(run)
+    assert steps == sorted(set(steps)), steps
+    assert steps[-1] >= total
+    evaluations = np.load(run / "evaluations.npz")["timesteps"].tolist()
+    assert evaluations == sorted(set(evaluations)), evaluations
+    assert not list(run.rglob("*.tmp"))
+    assert checkpoint_steps(run) >= total
+
+
+# ------------------------------------------------------------------------------------- exact resume
+
+
+@pytest.mark.parametrize("when", ["before-first-checkpoint", "after-checkpoints"])
+def test_kill_9_then_resume_continues_with_each_step_logged_once(tmp_path, when):
+    process = start(tmp_path)
+    run = run_folder(tmp_path)
+    wait_for(run / "config.yaml")
+    if when == "after-checkpoints":
+        wait_for(run / "checkpoints" / "latest.pt")
+        first = checkpoint_steps(run)
+        deadline = time.time() + 120
+        while checkpoint_steps(run) == first and time.time() < deadline:  # a second one, and rows after it
+            time.sleep(0.2)
+        time.sleep(0.5)
+    process.kill()
+    process.wait()
+    stopped = checkpoint_steps(run) if (run / "checkpoints" / "latest.pt").exists() else 0
+    if stopped:
+        assert logged_steps(run)[-1] <= stopped  # nothing past the checkpoint reached the disk
+    # An atomic write the kill interrupted leaves a temporary file beside its target.
+    (run / "checkpoints").mkdir(exist_ok=True)
+    (run / "checkpoints" / ".latest.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    total = stopped + 256
+    resumed = cli("train", "--resume", str(run), "--total-steps", str(total))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"trained {total}" in resumed.stdout or "trained" in resumed.stdout
+    assert_exact_record(run, total)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_signal_checkpoints_the_last_rollout_start_and_resume_continues(tmp_path, stop):
+    process = start(tmp_path)
+    run = run_folder(tmp_path)
+    wait_for(run / "checkpoints" / "latest.pt")
+    time.sleep(1.0)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + stop, stderr
+    assert "rims-rl train --resume" in stderr and "Traceback" not in stderr
+    stopped = checkpoint_steps(run)
+    assert stopped > 0 and stopped % (16 * 4) == 0  # a rollout boundary: n_steps x n_envs
+    assert logged_steps(run)[-1] == stopped  # the log stops where the checkpoint does
+    refused = cli("train", *TINY, "--total-steps", "1000000", "--out", str(tmp_path))
+    assert refused.returncode == 2 and "--resume" in refused.stderr  # a new run into a held folder
+    resumed = cli("train", "--resume", str(run), "--total-steps", str(stopped + 128))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_exact_record(run, stopped + 128)
+    assert (run / "model.zip").is_file()
+
+
+def test_checkpoint_round_trip_restores_parameters_optimizer_random_streams_and_step_count(tmp_path):
+    config = resolve_config("classic/cartpole.yaml", pairs(*SETTINGS, f"run.out={tmp_path}"))
+    env = make_env(config.env.settings(), seed=0)
+    model = build_model(config, env, torch.device("cpu"))
+    model.learn(192)
+    save_checkpoint(tmp_path / "latest.pt", "train", algorithm_state(model))
+    after_save = (torch.rand(3), np.random.rand(3), random.random())  # drawn from the saved streams
+    fresh = build_model(config, make_env(config.env.settings(), seed=0), torch.device("cpu"))
+    restore_algorithm(fresh, load_checkpoint(tmp_path / "latest.pt", "train"))
+    after_restore = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(after_restore[0], after_save[0]) and np.array_equal(after_restore[1], after_save[1])
+    assert after_restore[2] == after_save[2]
+    assert fresh.num_timesteps == model.num_timesteps == 192 and fresh._n_updates == model._n_updates
+    for (name, a), b in zip(model.policy.state_dict().items(), fresh.policy.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    saved_state, restored_state = model.policy.optimizer.state_dict(), fresh.policy.optimizer.state_dict()
+    for key, value in saved_state["state"].items():
+        for field, tensor in value.items():
+            assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(restored_state["state"][key][field]))
+    assert [e["r"] for e in fresh.ep_info_buffer] == [e["r"] for e in model.ep_info_buffer]
+
+
+def test_random_streams_are_those_of_the_checkpoint(tmp_path):
+    """Every stream restored: a resume that skipped one would draw other numbers."""
+    config = resolve_config("classic/cartpole.yaml", pairs(*SETTINGS))
+    model = build_model(config, make_env(config.env.settings(), seed=0), torch.device("cpu"))
+    save_checkpoint(tmp_path / "latest.pt", "train", algorithm_state(model))
+    expected = (torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)])
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    restore_algorithm(model, load_checkpoint(tmp_path / "latest.pt", "train"))
+    assert (torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)]) == expected
+
+
+# ------------------------------------------------------------------------------------- one writer
+
+
+def test_a_second_process_on_a_held_folder_stops_at_once_naming_the_holder(tmp_path):
+    process = start(tmp_path)
+    run = run_folder(tmp_path)
+    wait_for(run / "config.yaml")
+    try:
+        second = cli("train", *TINY, "--total-steps", "1000000", "--out", str(tmp_path), timeout=120)
+        assert_one_line_error(second, f"in use by another process (pid {process.pid})")
+        resumed = cli("train", "--resume", str(run), timeout=120)
+        assert_one_line_error(resumed, f"(pid {process.pid})")
+    finally:
+        process.kill()
+        process.wait()
+    # The kernel released the lock with the process: the folder resumes.
+    again = cli("train", "--resume", str(run), "--total-steps", "128")
+    assert again.returncode == 0, again.stderr
+
+
+# ------------------------------------------------------------------------------------- resume contract
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished")
+    result = cli("train", *TINY, "--total-steps", "128", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return run_folder(out)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "algo=a2c"], "--resume: algo is 'ppo' in this run and would become 'a2c'"),
+        (["--set", "policy=lstm"], "--resume: policy is 'rims'"),
+        (["--set", "rims.num_units=8"], "--resume: rims.num_units is 4"),
+        (["--set", "ppo.learning_rate=0.01"], "--resume: ppo.learning_rate"),
+        (["--policy", "lstm"], "--policy does not apply with --resume"),
+        (["--seed", "3"], "--seed does not apply with --resume"),
+        (["--env", "Acrobot-v1"], "--env does not apply with --resume"),
+        (["--out", "elsewhere"], "--out does not apply with --resume"),
+        (["--config", "atari/ppo_rims.yaml"], "--config does not apply with --resume"),
+    ],
+)
+def test_resume_refuses_a_change_of_experiment_in_one_line(finished_run, args, message):
+    before = (finished_run / "config.yaml").read_text()
+    result = cli("train", "--resume", str(finished_run), *args)
+    assert_one_line_error(result, message)
+    assert (finished_run / "config.yaml").read_text() == before  # the record is not relabelled
+
+
+def test_resume_accepts_a_new_budget_and_cadence(finished_run):
+    result = cli("train", "--resume", str(finished_run), "--total-steps", "192", "--set", "run.eval_every=64")
+    assert result.returncode == 0, result.stderr
+    assert checkpoint_steps(finished_run) >= 192
+    assert "total_steps: 192" in (finished_run / "config.yaml").read_text()
+
+
+# ------------------------------------------------------------------------------------- no code on load
+
+
+class Payload:
+    """Unpickling this creates the marker file: what a planted payload would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def plant_in_model_zip(model_zip: Path, marker: Path) -> None:
+    """Replace a cloudpickled entry of SB3's model.zip (loaded by SB3's ``load``) with the payload."""
+    import base64
+
+    with zipfile.ZipFile(model_zip) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(files["data"])
+    serialized = base64.b64encode(pickle.dumps(Payload(marker))).decode()
+    data["learning_rate"] = {":type:": "<class 'function'>", ":serialized:": serialized}
+    files["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(model_zip, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+
+
+def test_a_tampered_run_folder_never_runs_code(finished_run, tmp_path):
+    marker = tmp_path / "pwned"
+    plant_in_model_zip(finished_run / "model.zip", marker)
+    result = cli("evaluate", str(finished_run), "--episodes", "2")
+    assert result.returncode == 0 and "mean return" in result.stdout, result.stderr  # model.zip is not read
+    assert not marker.exists()
+
+    checkpoint = finished_run / "checkpoints" / "latest.pt"
+    good = checkpoint.read_bytes()
+    torch.save({"format": 2, "kind": "train", "parameters": Payload(marker)}, checkpoint)
+    try:
+        for args in (
+            ["evaluate", str(finished_run), "--episodes", "2"],
+            ["train", "--resume", str(finished_run), "--total-steps", "512"],
+            ["visualize", str(finished_run)],
+            ["train", *TINY, "--total-steps", "64", "--out", str(tmp_path / "new"), "--set",
+             f"run.init_from={finished_run}"],
+        ):  # fmt: skip
+            result = cli(*args)
+            assert_one_line_error(result, "holds objects other than tensors and plain data")
+            assert not marker.exists(), args
+    finally:
+        checkpoint.write_bytes(good)
+
+
+# ------------------------------------------------------------------------------------- wandb
+
+
+def wandb_records(path: Path):
+    """The protobuf records of an offline ``.wandb`` file (LevelDB-style log blocks of 32 KiB)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    position, block, pending = 7, 32768, b""
+    while position + 7 <= len(data):
+        left = block - position % block
+        if left < 7:  # a block's tail too short for a header is padding
+            position += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        chunk = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            record = pb.Record()
+            record.ParseFromString(pending + chunk)
+            pending = b""
+            yield record
+        elif kind in (2, 3):  # first or middle chunks
+            pending += chunk
+
+
+def wandb_run(run: Path) -> dict:
+    """Group, job type and every (metric, step) pair of a run's offline wandb records (all sessions)."""
+    found = {"groups": set(), "job_types": set(), "ids": set(), "pairs": [], "config": set()}
+    for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")):
+        for record in wandb_records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                found["groups"].add(record.run.run_group)
+                found["job_types"].add(record.run.job_type)
+                found["ids"].add(record.run.run_id)
+                found["config"] |= {item.key for item in record.run.config.update if not item.key.startswith("_")}
+            elif kind == "history":
+                items = {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item
+                }
+                step = items.get("global_step")
+                found["pairs"] += [(key, step) for key in items if not key.startswith("_") and key != "global_step"]
+    return found
+
+
+def test_wandb_records_each_metric_once_per_step_in_one_group_per_curve(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)  # no wandb key anywhere: offline
+    env["RIMS_RL_BUILD_DIR"] = os.environ.get("RIMS_RL_BUILD_DIR") or str(Path.home() / ".cache" / "rims_rl")
+    for policy, seed in (("rims", 0), ("rims", 1), ("lstm", 0)):
+        args = ["train", *TINY, "--policy", policy, "--seed", str(seed), "--total-steps", "256"]
+        result = cli(*args, "--out", str(tmp_path / "runs"), "--track", env=env)
+        assert result.returncode == 0, result.stderr
+    resumed = cli("train", "--resume", str(run_folder(tmp_path / "runs")), "--total-steps", "384", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+
+    runs = {key: wandb_run(run_folder(tmp_path / "runs", *key)) for key in (("rims", 0), ("rims", 1), ("lstm", 0))}
+    for key, found in runs.items():
+        assert found["pairs"], key
+        assert len(found["pairs"]) == len(set(found["pairs"])), key  # no (metric, step) twice
+        assert found["job_types"] == {"CartPole-v1"}
+    assert runs["rims", 0]["groups"] == runs["rims", 1]["groups"] == {"CartPole-v1/ppo-rims"}  # seeds aggregate
+    assert runs["lstm", 0]["groups"] == {"CartPole-v1/ppo-lstm"}  # another line of the same chart
+    assert len(runs["rims", 0]["ids"]) == 1  # the resumed session continued the same wandb run
+    assert max(step for _, step in runs["rims", 0]["pairs"]) >= 384
+    assert runs["rims", 0]["config"] == {
+        "env",
+        "algo",
+        "total_steps",
+        "policy",
+        "policy_kwargs",
+        "run",
+        "ppo",
+        "a2c",
+        "rims",
+        "lstm",
+    }  # the run's config, no SB3 internals (_last_obs, ...)
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+
+def test_an_unusable_out_is_one_line_before_any_work(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    result = cli("train", *TINY, "--total-steps", "64", "--out", str(a_file))
+    assert_one_line_error(result, "is a file, not a folder")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    try:
+        if os.access(read_only, os.W_OK):  # root ignores permissions
+            pytest.skip("running as root: a read-only folder is still writable")
+        result = cli("train", *TINY, "--total-steps", "64", "--out", str(read_only))
+        assert_one_line_error(result, "cannot write in")
+    finally:
+        read_only.chmod(0o700)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    save_checkpoint(path, "train", {"num_timesteps": 1})
+    good = path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # where a full disk shows at the latest
+    with pytest.raises(RunError, match=r"disk full while writing .*latest\.pt \(the previous latest\.pt is kept\)"):
+        save_checkpoint(path, "train", {"num_timesteps": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == good and not list(tmp_path.glob("*.tmp"))
