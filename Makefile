@@ -24,14 +24,14 @@ $(STAMP): pyproject.toml
 # The main job on a small default: RIMs and the LSTM baseline side by side on CartPole without velocities
 # (a memory task), 100k steps each, both at once (about 5 minutes on a 2-core CPU); then both evaluated,
 # their learning curves in one plot (runs/demo/comparison/curves.png) and the RIMs units' activations over
-# an episode (runs/demo/rims/seed0/visualize/).
+# an episode (runs/demo/RimsRL-CartPoleNoVel-v1/rims/seed0/visualize/).
 demo: install
 	rm -rf runs/demo
 	$(BIN)/rims-rl sweep --config sweeps/demo.yaml --out runs/demo
-	$(BIN)/rims-rl evaluate runs/demo/rims/seed0 --episodes 10
-	$(BIN)/rims-rl evaluate runs/demo/lstm/seed0 --episodes 10
+	$(BIN)/rims-rl evaluate runs/demo/RimsRL-CartPoleNoVel-v1/rims/seed0 --episodes 10
+	$(BIN)/rims-rl evaluate runs/demo/RimsRL-CartPoleNoVel-v1/lstm/seed0 --episodes 10
 	$(BIN)/rims-rl compare runs/demo --out runs/demo/comparison
-	$(BIN)/rims-rl visualize runs/demo/rims/seed0
+	$(BIN)/rims-rl visualize runs/demo/RimsRL-CartPoleNoVel-v1/rims/seed0
 	@echo "Next, Atari (hours on a CPU; a GPU is used when there is one):"
 	@echo "  $(BIN)/rims-rl train --config atari/ppo_rims.yaml --env Pong"
 	@echo "  $(BIN)/rims-rl train --config atari/ppo_rims.yaml --env Pong --policy lstm"
