@@ -10,6 +10,7 @@ one seed has no band, and ``compare`` says so.
 from __future__ import annotations
 
 import csv
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,10 @@ def plot_curves(groups: dict[str, dict[str, list]], path: Path, source: str, col
         axis.legend()
     for axis in axes.flat[len(groups) :]:
         axis.set_visible(False)
-    figure.suptitle(f"mean over seeds; {BAND}; {CURVES[source]}", fontsize=9)
-    figure.tight_layout()
+    # What the line and the band are, under the panels, wrapped to the figure's width.
+    caption = textwrap.fill(f"Line: mean over seeds; {BAND}; {CURVES[source]}.", width=100 * columns)
+    figure.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=8)
+    figure.tight_layout(rect=(0, 0.04 + 0.03 * caption.count("\n"), 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return rows
