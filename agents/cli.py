@@ -365,7 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="play full episodes with a trained agent: mean return and 95%% CI",
         description="Evaluate a run folder (its final model, else its latest checkpoint) or a model file.",
     )
-    evaluate.add_argument("run", metavar="RUN_OR_MODEL", help="a run folder, or a model.zip / checkpoint inside one")
+    evaluate.add_argument(
+        "run",
+        metavar="RUN_OR_MODEL",
+        help="a run folder, or a file inside one: the model is rebuilt from its config.yaml and checkpoints/latest.pt",
+    )
     evaluate.add_argument("--episodes", type=int, default=10, help="episodes to play (default: %(default)s)")
     evaluate.add_argument("--deterministic", action="store_true", help="take the most likely action")
     evaluate.add_argument("--video", action="store_true", help="also save one episode as RUN/videos/episode.gif")
@@ -381,7 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="one episode as a GIF, with the RIMs units active at each step (and a PNG of the pattern)",
         description="Play one episode; save RUN/visualize/episode.gif and, for a RIMs core, activations.png.",
     )
-    visualize.add_argument("run", metavar="RUN_OR_MODEL", help="a run folder, or a model.zip / checkpoint inside one")
+    visualize.add_argument(
+        "run",
+        metavar="RUN_OR_MODEL",
+        help="a run folder, or a file inside one: the model is rebuilt from its config.yaml and checkpoints/latest.pt",
+    )
     visualize.add_argument("--out", help="output folder (default: RUN/visualize)")
     visualize.add_argument("--distractors", choices=["known", "novel"], help="RimsRL/Pickup runs: distractor split")
     visualize.add_argument("--deterministic", action="store_true", help="take the most likely action")

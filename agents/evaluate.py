@@ -43,12 +43,15 @@ def find_run(target: str | Path) -> Path:
     raise ConfigError(f"{target} is not a run folder, nor inside one (no config.yaml)")
 
 
-def load_model(run_dir: Path, config: TrainConfig, env, device: str):
-    """The run's algorithm, rebuilt from its config on ``env`` with the policy weights of its checkpoint.
-    Reading the checkpoint runs no code from it (``model.zip`` is for SB3's own ``load``, and is not read)."""
+def load_model(run_dir: Path, config: TrainConfig, env, device: str, seed: int | None = None):
+    """The run's algorithm, rebuilt from its config on ``env`` with the policy weights of its checkpoint, the
+    environments then seeded with ``seed`` (building seeds them with the run's training seed). Reading the
+    checkpoint runs no code from it (``model.zip`` is for SB3's own ``load``, and is not read)."""
     device = resolve_device(device)
     saved = load_checkpoint(run_dir / CHECKPOINT, "train", device)
     model = build_model(config, env, device)
+    if seed is not None:
+        model.get_env().seed(seed)  # applied at the next reset, as make_env(seed=...) does
     try:
         model.policy.load_state_dict(saved["parameters"]["policy"])
     except (KeyError, RuntimeError) as error:
@@ -92,7 +95,7 @@ def evaluate_run(
         config = with_distractors(config, distractors)
     env = make_env(config.env.settings(), seed=seed, evaluation=True, n_envs=min(episodes, 8))
     try:
-        model = load_model(run_dir, config, env, config.run.device)
+        model = load_model(run_dir, config, env, config.run.device, seed)
         returns, lengths = evaluate_policy(
             model, env, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True, warn=False
         )

@@ -87,7 +87,7 @@ def visualize_run(
     out = Path(out) if out is not None else run_dir / "visualize"
     env = render_env(config, seed)
     try:
-        model = load_model(run_dir, config, env, "cpu")
+        model = load_model(run_dir, config, env, "cpu", seed)
         policy, core = model.policy, model.policy.lstm_actor
         # Which units the actor's core activates on each step, for a RIMs core.
         on_step = (

@@ -80,5 +80,7 @@ class RepeatCard(gym.Env):
         if t >= self.delay:
             right = int(action) == self._shown[t - self.delay]
             reward = (1.0 if right else -1.0) / (self.length - self.delay)
-        truncated = t + 1 >= self.length
-        return self._show(), reward, False, truncated, {}
+        # The end is part of the task (the return is normalised by it): termination, not truncation, so
+        # that PPO does not bootstrap a value past it.
+        terminated = t + 1 >= self.length
+        return self._show(), reward, terminated, False, {}

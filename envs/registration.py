@@ -57,8 +57,8 @@ def register() -> None:
             "reward_threshold": 475.0,
         },
         REPEAT_CARD_ID: {"entry_point": "rims_rl.envs.classic:RepeatCard"},
-        # make_cheetah limits the episode itself (max_episode_steps) and always renders rgb_array frames.
-        CHEETAH_PIXELS_ID: {"entry_point": "rims_rl.envs.mujoco:make_cheetah"},
+        # gym.make's own max_episode_steps (default 1000, HalfCheetah's) goes around make_cheetah's limit.
+        CHEETAH_PIXELS_ID: {"entry_point": "rims_rl.envs.mujoco:make_cheetah", "max_episode_steps": 1000},
     }
     for env_id, entry in entries.items():
         if env_id not in gym.registry:

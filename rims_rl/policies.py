@@ -88,8 +88,11 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
     :meth:`_get_constructor_parameters` so ``policy.save`` / ``load`` work.
 
     Args:
-        critic_core: ``"shared"``, ``"separate"`` or ``"none"`` (see the module docstring).
-        **kwargs: everything ``RecurrentActorCriticPolicy`` takes, except its LSTM settings.
+        critic_core: ``"separate"`` (default), ``"detached"``, ``"shared"`` or ``"none"`` (see the module
+            docstring).
+        shared_lstm, enable_critic_lstm: sb3-contrib's flags, with sb3-contrib's meaning; they choose the
+            critic core when given (``critic_core`` may be given too if it agrees).
+        **kwargs: everything ``RecurrentActorCriticPolicy`` takes, except its LSTM size settings.
     """
 
     def __init__(
@@ -122,6 +125,8 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
             lstm_kwargs={"device": "meta"},
             **kwargs,
         )
+        # sb3-contrib's flag means a detached critic; "shared" only borrowed it to skip the parent's critic.
+        self.shared_lstm = critic_core == "detached"
         self.lstm_actor = self._build_core(self.features_dim)
         if critic_core == "separate":
             self.lstm_critic = self._build_core(self.features_dim)

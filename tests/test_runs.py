@@ -381,3 +381,20 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, mo
         save_checkpoint(path, "train", {"num_timesteps": 2})
     monkeypatch.undo()
     assert path.read_bytes() == good and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_loaded_run_acts_on_the_seed_asked_for_not_its_training_seed(finished_run):
+    """Building the algorithm seeds its envs with the run's seed; evaluate and visualize re-seed them."""
+    from rims_rl.agents.evaluate import load_model
+
+    config = resolve_config(finished_run / "config.yaml")
+
+    def first_observation(seed: int, loaded: bool) -> np.ndarray:
+        env = make_env(config.env.settings(), seed=seed, evaluation=True, n_envs=1)
+        if loaded:
+            env = load_model(finished_run, config, env, "cpu", seed).get_env()
+        return env.reset()
+
+    asked = first_observation(12_345, loaded=True)
+    np.testing.assert_array_equal(asked, first_observation(12_345, loaded=False))
+    assert not np.array_equal(asked, first_observation(config.run.seed, loaded=False))
