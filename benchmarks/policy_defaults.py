@@ -14,6 +14,11 @@ Rows: ``MlpLstmPolicy`` (sb3-contrib: LSTM 256, a critic LSTM of its own), our `
 code the paper used, our default before). Score: the mean return of 50 deterministic evaluation episodes
 after training. Each run is one process with one thread; results are cached per run in ``--out`` as JSON,
 so an interrupted measurement resumes. Prints a Markdown table (mean and per seed).
+
+``--same-as-sb3 STEPS`` instead trains ``LstmPolicy`` and ``MlpLstmPolicy`` side by side for STEPS with
+these settings (CartPole without velocities, seed 0) and prints how far apart their parameters end up and
+the time each took: the baseline is sb3-contrib's policy computed by our code, so the difference is
+rounding.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ POLICIES = {
     "RimsPolicy (default)": ("rims_rl.policies:RimsPolicy", {}),
     "LstmPolicy, shared core": ("rims_rl.policies:LstmPolicy", {"critic_core": "shared"}),
     "RimsPolicy, shared core": ("rims_rl.policies:RimsPolicy", {"critic_core": "shared"}),
+    "RimsPolicy, 3 of 4 active": ("rims_rl.policies:RimsPolicy", {"rims_kwargs": {"k_active": 3}}),
+    # The default LSTM with only its rounding changed (Adam one tensor at a time, as sb3-contrib's): how
+    # far a run's outcome moves when nothing but float rounding does.
+    "LstmPolicy (default), Adam unfused": ("rims_rl.policies:LstmPolicy", {"optimizer_kwargs": {"fused": False}}),
 }
 PPO = {"n_steps": 128, "batch_size": 256, "n_epochs": 10, "learning_rate": 7e-4}
 
@@ -74,6 +83,29 @@ def train_one(task: str, name: str, seed: int, steps: int, out: str) -> dict:
     return result
 
 
+def same_as_sb3(steps: int) -> None:
+    import torch
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import rims_rl.envs  # noqa: F401  (registers the tasks)
+    from rims_rl.policies import LstmPolicy
+
+    torch.set_num_threads(1)
+    models, seconds = [], []
+    for policy in (LstmPolicy, "MlpLstmPolicy"):
+        env = make_vec_env(TASKS[0], n_envs=8, seed=0)
+        model = RecurrentPPO(policy, env, seed=0, device="cpu", **PPO)
+        start = time.perf_counter()
+        models.append(model.learn(steps))
+        seconds.append(time.perf_counter() - start)
+    ours, theirs = (model.policy for model in models)
+    updates = steps // (8 * PPO["n_steps"]) * PPO["n_epochs"] * (8 * PPO["n_steps"] // PPO["batch_size"])
+    gap = max((ours.get_parameter(name) - p).abs().max().item() for name, p in theirs.named_parameters())
+    print(f"{steps} steps ({updates} updates): largest parameter difference {gap:.2e}")
+    print(f"seconds: LstmPolicy {seconds[0]:.1f}, MlpLstmPolicy {seconds[1]:.1f} ({seconds[1] / seconds[0]:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100_000, help="environment steps per run")
@@ -81,8 +113,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES))
     parser.add_argument("--out", default="runs/defaults", help="per-run JSON results (reused when present)")
+    parser.add_argument("--same-as-sb3", type=int, metavar="STEPS", help="compare LstmPolicy with MlpLstmPolicy")
     options = parser.parse_args()
-    jobs = [(task, name, seed) for task in TASKS for seed in options.seeds for name in options.policies]
+    if options.same_as_sb3:
+        same_as_sb3(options.same_as_sb3)
+        return
+    # Policy by policy, so that the rows listed first are complete first when time runs short.
+    jobs = [(task, name, seed) for name in options.policies for task in TASKS for seed in options.seeds]
     with ProcessPoolExecutor(options.workers) as pool:
         futures = [pool.submit(train_one, *job, options.steps, options.out) for job in jobs]
         results = [future.result() for future in futures]
