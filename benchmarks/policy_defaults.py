@@ -51,16 +51,13 @@ POLICIES = {
 PPO = {"n_steps": 128, "batch_size": 256, "n_epochs": 10, "learning_rate": 7e-4}
 
 
-def train_one(task: str, name: str, seed: int, steps: int, out: str) -> dict:
-    path = Path(out) / f"{task.replace('/', '-')}__{name.replace(' ', '_').replace(',', '')}__{seed}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+def build(name: str, task: str, seed: int):
+    """The ``RecurrentPPO`` of row ``name`` on ``task``: 8 envs, these PPO settings, one thread."""
     import importlib
 
     import torch
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
 
     import rims_rl.envs  # noqa: F401  (registers the tasks)
 
@@ -69,10 +66,19 @@ def train_one(task: str, name: str, seed: int, steps: int, out: str) -> dict:
     if ":" in policy:
         module, attribute = policy.split(":")
         policy = getattr(importlib.import_module(module), attribute)
-    start = time.perf_counter()
     env = make_vec_env(task, n_envs=8, seed=seed)
-    model = RecurrentPPO(policy, env, policy_kwargs=kwargs, seed=seed, device="cpu", **PPO)
-    model.learn(steps)
+    return RecurrentPPO(policy, env, policy_kwargs=kwargs, seed=seed, device="cpu", **PPO)
+
+
+def train_one(task: str, name: str, seed: int, steps: int, out: str) -> dict:
+    path = Path(out) / f"{task.replace('/', '-')}__{name.replace(' ', '_').replace(',', '')}__{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    start = time.perf_counter()
+    model = build(name, task, seed).learn(steps)
     evaluation = make_vec_env(task, n_envs=1, seed=seed + 10_000)
     mean, _ = evaluate_policy(model, evaluation, n_eval_episodes=50, deterministic=True)
     result = {
@@ -89,18 +95,9 @@ def train_one(task: str, name: str, seed: int, steps: int, out: str) -> dict:
 
 
 def same_as_sb3(steps: int) -> None:
-    import torch
-    from sb3_contrib import RecurrentPPO
-    from stable_baselines3.common.env_util import make_vec_env
-
-    import rims_rl.envs  # noqa: F401  (registers the tasks)
-    from rims_rl.policies import LstmPolicy
-
-    torch.set_num_threads(1)
     models, seconds = [], []
-    for policy in (LstmPolicy, "MlpLstmPolicy"):
-        env = make_vec_env(TASKS[0], n_envs=8, seed=0)
-        model = RecurrentPPO(policy, env, seed=0, device="cpu", **PPO)
+    for name in ("LstmPolicy (default)", "sb3-contrib MlpLstmPolicy"):
+        model = build(name, TASKS[0], seed=0)
         start = time.perf_counter()
         models.append(model.learn(steps))
         seconds.append(time.perf_counter() - start)
