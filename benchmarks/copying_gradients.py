@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from rims_rl.agents.checkpointing import load_checkpoint
 from rims_rl.agents.config import to_dict
-from rims_rl.agents.copying import VOCAB, build_model, copying_batch, load_copying_config
+from rims_rl.agents.copying import VOCAB, _checkpoint, build_model, copying_batch, load_copying_config
 from rims_rl.agents.sweep import load_sweep
 
 SWEEPS = ("sweeps/copying_table1.yaml", "sweeps/copying_table5.yaml")
@@ -62,7 +62,7 @@ def main() -> None:
                 config.train.batch_size, task.digits, task.train_span, torch.Generator().manual_seed(123)
             )
             for name in config.run.models or list(config.models):
-                checkpoint = Path(run.run_dir) / "checkpoints" / f"{name}.pt"
+                checkpoint = _checkpoint(Path(run.run_dir), name)  # where the run keeps it
                 probes = [(seed, None) for seed in args.seeds]
                 if args.trained and checkpoint.is_file():
                     saved = load_checkpoint(checkpoint, "copying")
