@@ -468,6 +468,7 @@ class RIMsConfig:
     comm_dropout: Annotated[float, Range(0.0, 1.0, high_open=True)] | None = None
     input_attention: bool | None = None
     communication: bool | None = None
+    forget_bias: Annotated[float, Range(-100.0, 100.0)] | None = None
 
     def check(self, where: str) -> None:
         from rims_rl.rims import RIMs  # the module's own rules for its arguments (k_active <= num_units, ...)

@@ -378,7 +378,8 @@ def write_report(results: list[Mapping[str, Any]], spans: list[int], out_dir: Pa
     atomic_write(out_dir / "results.json", json.dumps(results, indent=2).encode())
     note = (
         f"Chance level: CE = ln 9 = {chance:.3f} on the recall steps. 'All steps' is the authors' scale: the "
-        "recall CE times digits / sequence length (rims_rl.agents.copying).\n"
+        "recall CE times digits / sequence length, the blank steps counted at zero cost, so a lower bound on "
+        "what the authors' code would print (rims_rl.agents.copying).\n"
     )
     atomic_write(out_dir / "results.md", (table + "\n\n" + note).encode())
     plot_curves(results, spans, out_dir / "curves.png", title)

@@ -104,6 +104,12 @@ class RIMs(nn.Module):
             the input directly (the mean of the rows of an input set), all units are active every
             step whatever ``k_active`` says, and all of them communicate.
         communication: ``False`` drops step 4 (the paper's "no communication" ablation).
+        forget_bias: when given (LSTM cells only), every unit's forget gate bias starts at this value
+            (``bias_ih``'s forget slice; ``bias_hh``'s at 0), like :class:`rims_rl.cores.LSTMCore`'s.
+            ``None`` keeps the uniform draw. It matters when every unit is active: an inactive unit keeps
+            its state whatever its gates, but with ``k_active = num_units`` each cell's forget gate
+            alone decides how much of the state, and of the gradient, crosses a long span (on the
+            copying task, see ``docs/results.md``).
 
     Shape:
         - ``x``: ``(T, B, input_size)``, or ``(T, B, N, input_size)`` for an input set of ``N`` rows.
@@ -114,7 +120,8 @@ class RIMs(nn.Module):
         - output: ``(T, B, num_units * unit_size)``, the ``h`` of every step.
 
     Initialisation:
-        Cell weights and biases are uniform in ``+-1/sqrt(unit_size)`` (as in ``nn.LSTM``); every
+        Cell weights and biases are uniform in ``+-1/sqrt(unit_size)`` (as in ``nn.LSTM``), but for
+        the forget gates' biases when ``forget_bias`` is given; every
         attention projection is uniform in ``+-1/sqrt(fan_in)`` (``nn.Linear``'s scale). Each unit
         draws its own weights.
     """
@@ -136,6 +143,7 @@ class RIMs(nn.Module):
         comm_dropout: float = 0.1,
         input_attention: bool = True,
         communication: bool = True,
+        forget_bias: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -158,6 +166,7 @@ class RIMs(nn.Module):
             comm_dropout=comm_dropout,
             input_attention=input_attention,
             communication=communication,
+            forget_bias=forget_bias,
         )
 
         self.input_size = input_size
@@ -175,6 +184,7 @@ class RIMs(nn.Module):
         self.comm_dropout = float(comm_dropout)
         self.input_attention = bool(input_attention)
         self.communication = bool(communication)
+        self.forget_bias = None if forget_bias is None else float(forget_bias)
         # nn.LSTM's attribute names, which sb3-contrib reads to size its state buffers.
         self.hidden_size = num_units * unit_size
         self.num_layers = 1
@@ -225,12 +235,24 @@ class RIMs(nn.Module):
         for name in ("input_attention", "communication"):
             if not isinstance(a[name], bool):
                 raise ValueError(f"{name} must be True or False, got {a[name]!r}")
+        forget_bias = a["forget_bias"]
+        if forget_bias is not None:
+            number = isinstance(forget_bias, int | float) and not isinstance(forget_bias, bool)
+            if not number or not math.isfinite(forget_bias):
+                raise ValueError(f"forget_bias must be a finite number or None, got {forget_bias!r}")
+            if a["cell"] != "lstm":
+                raise ValueError(f"forget_bias needs LSTM cells (a {a['cell']} cell has no forget gate)")
 
     def reset_parameters(self) -> None:
         """Re-draw every weight with the documented initialisation."""
         bound = 1.0 / math.sqrt(self.unit_size)
         for weight in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
             nn.init.uniform_(weight, -bound, bound)
+        if self.forget_bias is not None:
+            forget = slice(self.unit_size, 2 * self.unit_size)  # gates are (i, f, g, o) per unit
+            with torch.no_grad():
+                self.bias_ih[:, forget] = self.forget_bias
+                self.bias_hh[:, forget] = 0.0
         fan_in = {"input_key": self.input_size, "input_value": self.input_size}
         fan_in |= {"input_query": self.unit_size, "comm_qkv": self.unit_size}
         fan_in["comm_output"] = fan_in["comm_output_bias"] = self.comm_heads * self.comm_value_size
@@ -247,6 +269,8 @@ class RIMs(nn.Module):
             text += ", input_attention=False"
         if not self.communication:
             text += ", communication=False"
+        if self.forget_bias is not None:
+            text += f", forget_bias={self.forget_bias:g}"
         return text
 
     # ------------------------------------------------------------------ public API

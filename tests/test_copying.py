@@ -165,3 +165,45 @@ def test_a_copying_grid_runs_through_the_sweep_reuses_finished_runs_and_reports_
     assert saved["spec"]["k_active"] == 1 and saved["state"]["update"] == 20
     again = cli("sweep", "--config", str(path), timeout=600)
     assert again.returncode == 0 and "2 runs: 2 done" in again.stdout
+
+
+def _gradient_probe():
+    """``benchmarks/copying_gradients.py``, whose figures docs/results.md quotes (benchmarks is no package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "copying_gradients.py"
+    spec = importlib.util.spec_from_file_location("copying_gradients", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gradient_probe_reads_the_lstm_forget_gates_it_reports():
+    from rims_rl.cores import LSTMCore
+
+    probe = _gradient_probe()
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 5)
+    lstm = LSTMCore(5, 7, forget_bias=2.0)
+    output, _ = lstm(x)
+    # The gates an nn.LSTMCell computes stepping the same weights.
+    cell = torch.nn.LSTMCell(5, 7)
+    cell.load_state_dict({k.removesuffix("_l0"): v for k, v in lstm.state_dict().items()})
+    h = c = torch.zeros(3, 7)
+    expected = []
+    for t in range(6):
+        gates = x[t] @ cell.weight_ih.T + cell.bias_ih + h @ cell.weight_hh.T + cell.bias_hh
+        expected.append(torch.sigmoid(gates[:, 7:14]))  # gates are i, f, g, o
+        h, c = cell(x[t], (h, c))
+    torch.testing.assert_close(probe.lstm_forget_gates(lstm, x, output), torch.stack(expected).detach())
+
+
+def test_rims_forget_bias_is_a_model_setting(tmp_path):
+    from rims_rl.agents.copying import build_model
+
+    config = tiny_config(tmp_path, "models.rims.forget_bias=5")
+    model = build_model(config.models["rims"], config.task.digits)
+    assert torch.all(model.core.bias_ih[:, 8:16] == 5.0)  # unit_size 8: the forget slice
+    with pytest.raises(ConfigError, match="forget_bias needs LSTM cells"):
+        tiny_config(tmp_path, "models.rims.forget_bias=5", "models.rims.cell=gru")

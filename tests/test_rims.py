@@ -629,6 +629,30 @@ def test_paper_defaults_and_lstm_like_attributes():
 # ---------------------------------------------------------------------------- bad input
 
 
+def test_forget_bias_sets_every_units_forget_gate_and_nothing_else():
+    torch.manual_seed(0)
+    plain = RIMs(5, unit_size=4, num_units=3, k_active=3, input_dropout=0.0, comm_dropout=0.0)
+    torch.manual_seed(0)
+    biased = RIMs(5, unit_size=4, num_units=3, k_active=3, input_dropout=0.0, comm_dropout=0.0, forget_bias=50.0)
+    assert "forget_bias=50" in repr(biased)
+    forget = torch.zeros(16, dtype=torch.bool)
+    forget[4:8] = True  # gates are (i, f, g, o) per unit
+    for name, value in biased.state_dict().items():
+        if name in ("bias_ih", "bias_hh"):
+            assert torch.equal(value[:, ~forget], plain.state_dict()[name][:, ~forget])
+        else:
+            assert torch.equal(value, plain.state_dict()[name]), name  # the same draws otherwise
+    # The forget gate saturated open, and the input gate shut: every unit is active and keeps c.
+    x = torch.randn(6, 3, 5)
+    state = (torch.zeros(1, 3, 12), torch.randn(1, 3, 12))
+    _, (_, c_plain) = plain(x, state)
+    assert not torch.allclose(c_plain, state[1], atol=1e-3)
+    with torch.no_grad():
+        biased.bias_ih[:, :4] = -50.0
+    _, (_, c_kept) = biased(x, state)
+    torch.testing.assert_close(c_kept, state[1])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -640,6 +664,9 @@ def test_paper_defaults_and_lstm_like_attributes():
         ({"input_heads": 0}, "input_heads"),
         ({"cell": "rnn"}, "cell"),
         ({"input_dropout": 1.0}, "input_dropout"),
+        ({"forget_bias": float("nan")}, "forget_bias"),
+        ({"forget_bias": True}, "forget_bias"),
+        ({"cell": "gru", "forget_bias": 5.0}, "forget_bias needs LSTM cells"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
