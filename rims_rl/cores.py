@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from rims_rl.rims import RIMs
+from rims_rl.step import init_forget_bias
 
 __all__ = ["LSTMCore", "build_core"]
 
@@ -35,9 +36,7 @@ class LSTMCore(nn.LSTM):
             raise ValueError("LSTMCore has one layer, like a RIMs core (num_layers must be 1)")
         super().__init__(input_size, hidden_size, **kwargs)
         if forget_bias is not None:
-            with torch.no_grad():
-                self.bias_ih_l0[hidden_size : 2 * hidden_size] = forget_bias
-                self.bias_hh_l0[hidden_size : 2 * hidden_size] = 0.0
+            init_forget_bias(self.bias_ih_l0, self.bias_hh_l0, hidden_size, forget_bias)
 
     def forward(
         self, x: Tensor, state: tuple[Tensor, Tensor] | None = None, episode_starts: Tensor | None = None

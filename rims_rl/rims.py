@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from rims_rl.loop import autograd_loop, fused_loop
-from rims_rl.step import CELL_GATES, StepSpec, StepWeights
+from rims_rl.step import CELL_GATES, StepSpec, StepWeights, init_forget_bias
 
 __all__ = ["RIMs", "RIMsDetails"]
 
@@ -249,10 +249,7 @@ class RIMs(nn.Module):
         for weight in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
             nn.init.uniform_(weight, -bound, bound)
         if self.forget_bias is not None:
-            forget = slice(self.unit_size, 2 * self.unit_size)  # gates are (i, f, g, o) per unit
-            with torch.no_grad():
-                self.bias_ih[:, forget] = self.forget_bias
-                self.bias_hh[:, forget] = 0.0
+            init_forget_bias(self.bias_ih, self.bias_hh, self.unit_size, self.forget_bias)
         fan_in = {"input_key": self.input_size, "input_value": self.input_size}
         fan_in |= {"input_query": self.unit_size, "comm_qkv": self.unit_size}
         fan_in["comm_output"] = fan_in["comm_output_bias"] = self.comm_heads * self.comm_value_size

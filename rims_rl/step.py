@@ -39,6 +39,16 @@ __all__ = ["StepInputs", "StepSpec", "StepWeights", "dropout_mask", "rims_step",
 CELL_GATES = {"lstm": 4, "gru": 3}
 
 
+def init_forget_bias(bias_ih: Tensor, bias_hh: Tensor, hidden_size: int, value: float) -> None:
+    """Start an LSTM's forget gate at ``value``: the forget slice of ``bias_ih``'s last dimension (gates laid
+    out (i, f, g, o), ``hidden_size`` each, as in ``nn.LSTM``) set to ``value``, ``bias_hh``'s to 0. For one
+    LSTM (``(4H,)``) or one per unit (``(K, 4H)``)."""
+    forget = slice(hidden_size, 2 * hidden_size)
+    with torch.no_grad():
+        bias_ih[..., forget] = value
+        bias_hh[..., forget] = 0.0
+
+
 class StepSpec(NamedTuple):
     """The sizes and variant of a RIMs module, everything :func:`rims_step` needs besides tensors."""
 
