@@ -123,6 +123,8 @@ Natural = Annotated[int, Range(0)]  # zero or more
 Probability = Annotated[float, Range(0.0, 1.0)]
 PositiveFloat = Annotated[float, Range(0.0, None, low_open=True)]
 NonNegativeFloat = Annotated[float, Range(0.0)]
+# An LSTM forget-gate bias start (RIMs units and the LSTM core alike); the sigmoid saturates long before 100.
+ForgetBias = Annotated[float, Range(-100.0, 100.0)]
 # Sizes of a network: large enough for any model these experiments use, small enough to fit in memory.
 Size = Annotated[int, Range(1, 65_536)]
 Seed = Annotated[int, Range(0, 2**32 - 1)]
@@ -468,7 +470,7 @@ class RIMsConfig:
     comm_dropout: Annotated[float, Range(0.0, 1.0, high_open=True)] | None = None
     input_attention: bool | None = None
     communication: bool | None = None
-    forget_bias: Annotated[float, Range(-100.0, 100.0)] | None = None
+    forget_bias: ForgetBias | None = None
 
     def check(self, where: str) -> None:
         from rims_rl.rims import RIMs  # the module's own rules for its arguments (k_active <= num_units, ...)
@@ -513,7 +515,7 @@ class CoreConfig:
 @dataclass
 class _LSTMCoreSettings:
     hidden_size: Size
-    forget_bias: Annotated[float, Range(-100.0, 100.0)] | None = None
+    forget_bias: ForgetBias | None = None
 
 
 @dataclass
