@@ -19,6 +19,7 @@ from typing import Any
 
 from rims_rl.agents.config import ConfigError, parse_set
 from rims_rl.agents.runs import RunError
+from rims_rl.envs.registration import EVAL_SPLITS
 
 __all__ = ["build_parser", "main"]
 
@@ -375,8 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--video", action="store_true", help="also save one episode as RUN/videos/episode.gif")
     evaluate.add_argument(
         "--distractors",
-        choices=["known", "novel"],
-        help="RimsRL/Pickup runs: evaluate with the known (training pool) or novel distractors",
+        choices=list(EVAL_SPLITS),
+        help="RimsRL/Pickup runs: evaluate with known distractors (the training pool), novel ones (never seen, as "
+        "many), or crowded (known plus novel, 3-5 in all)",
     )
     evaluate.set_defaults(handler=_evaluate)
 
@@ -391,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run folder, or a file inside one: the model is rebuilt from its config.yaml and checkpoints/latest.pt",
     )
     visualize.add_argument("--out", help="output folder (default: RUN/visualize)")
-    visualize.add_argument("--distractors", choices=["known", "novel"], help="RimsRL/Pickup runs: distractor split")
+    visualize.add_argument("--distractors", choices=list(EVAL_SPLITS), help="RimsRL/Pickup runs: distractor split")
     visualize.add_argument("--deterministic", action="store_true", help="take the most likely action")
     visualize.add_argument("--seed", type=int, default=12_345, help="episode seed (default: %(default)s)")
     visualize.set_defaults(handler=_visualize)

@@ -591,6 +591,10 @@ class A2CConfig(_OnPolicyConfig):
     use_rms_prop: bool | None = None
 
 
+# The features extractors with a set sibling (rims_rl.extractors.set_extractor_for).
+SET_EXTRACTORS = ("nature_cnn", "minigrid")
+
+
 @dataclass
 class PolicyConfig:
     """``policy_kwargs:``, shared by the RIMs and LSTM policies."""
@@ -599,8 +603,14 @@ class PolicyConfig:
     features_extractor: Literal["nature_cnn", "flatten", "combined", "minigrid"]
     net_arch: list[Size] | dict[str, list[Size]]
     ortho_init: bool
+    features: Literal["vector", "set"]
 
     def check(self, where: str) -> None:
+        _check(
+            self.features == "vector" or self.features_extractor in SET_EXTRACTORS,
+            f"{where}.features: set needs features_extractor {' or '.join(SET_EXTRACTORS)} (the observations "
+            f"it reads give rows), got {self.features_extractor}",
+        )
         if isinstance(self.net_arch, dict):
             unknown = sorted(set(self.net_arch) - {"pi", "vf"})
             _check(not unknown, f"{where}.net_arch: keys must be pi and vf, got {', '.join(unknown)}")

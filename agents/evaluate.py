@@ -15,7 +15,7 @@ from rims_rl.agents.config import ConfigError, TrainConfig
 from rims_rl.agents.runs import CHECKPOINT
 from rims_rl.agents.stats import mean_ci, success_ci
 from rims_rl.agents.train import build_model, resolve_config
-from rims_rl.envs import PICKUP_ID, env_kind, is_pickup_id, make_env
+from rims_rl.envs import EVAL_SPLITS, PICKUP_ID, env_kind, is_pickup_id, make_env
 from rims_rl.utils import resolve_device
 
 __all__ = [
@@ -60,9 +60,10 @@ def load_model(run_dir: Path, config: TrainConfig, env, device: str, seed: int |
 
 
 def with_distractors(config: TrainConfig, distractors: str) -> TrainConfig:
-    """``config`` with its MiniGrid pickup task switched to the ``known`` or ``novel`` distractor split."""
-    if distractors not in ("known", "novel"):
-        raise ConfigError(f"--distractors must be known or novel, got {distractors!r}")
+    """``config`` with its MiniGrid pickup task switched to an evaluation split (``known``, ``novel``,
+    ``crowded``: :data:`rims_rl.envs.EVAL_SPLITS`)."""
+    if distractors not in EVAL_SPLITS:
+        raise ConfigError(f"--distractors must be one of {', '.join(EVAL_SPLITS)}, got {distractors!r}")
     if not is_pickup_id(config.env.id):
         raise ConfigError(f"--distractors needs a run on RimsRL/Pickup-*, this one is on {config.env.id}")
     env = dataclasses.replace(config.env, id=PICKUP_ID, options={**config.env.options, "split": distractors})
@@ -86,7 +87,7 @@ def evaluate_run(
     """Mean return and its 95% bootstrap CI over ``episodes`` full episodes; optional GIF of one.
 
     MiniGrid runs also get the success rate (a MiniGrid reward is positive only on success) with
-    its CI; ``distractors`` (``known`` / ``novel``) evaluates a pickup run on that split.
+    its CI; ``distractors`` (``known``, ``novel``, ``crowded``) evaluates a pickup run on that split.
     """
     if episodes < 1:
         raise ConfigError(f"--episodes must be positive, got {episodes}")

@@ -12,10 +12,11 @@ from typing import Any
 
 import gymnasium as gym
 
-from rims_rl.envs.registration import PICKUP_ID, PICKUP_PREFIX, is_pickup_id
+from rims_rl.envs.registration import EVAL_SPLITS, PICKUP_ID, PICKUP_PREFIX, is_pickup_id
 
 __all__ = [
     "ATARI_ENV_KEYS",
+    "EVAL_SPLITS",
     "PICKUP_ID",
     "check_env_settings",
     "env_kind",

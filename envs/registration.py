@@ -12,6 +12,7 @@ import gymnasium as gym
 __all__ = [
     "CARTPOLE_NO_VELOCITY_ID",
     "CHEETAH_PIXELS_ID",
+    "EVAL_SPLITS",
     "PICKUP_ID",
     "PICKUP_IDS",
     "PICKUP_PREFIX",
@@ -23,7 +24,8 @@ __all__ = [
 ]
 
 # Our MiniGrid pickup task (rims_rl.envs.minigrid): distractors drawn per split.
-SPLITS = ("train", "known", "novel")
+SPLITS = ("train", "known", "novel", "crowded")
+EVAL_SPLITS = SPLITS[1:]  # the splits a trained run is evaluated on
 PICKUP_PREFIX = "RimsRL/Pickup"
 PICKUP_ID = f"{PICKUP_PREFIX}-v0"  # the split as a keyword (train by default)
 PICKUP_IDS = {f"{PICKUP_PREFIX}-{split.capitalize()}-v0": split for split in SPLITS}  # one id per split

@@ -16,6 +16,13 @@ Critic structure (``critic_core``), and how sb3-contrib's two flags map onto it:
   ``docs/results.md``), which is why it is not the default.
 - ``"none"`` (``shared_lstm=False, enable_critic_lstm=False``): a feed-forward critic on the features.
 
+Input sets (``features``): ``"vector"`` (default) hands the core one feature vector per step, as SB3's
+extractors make it; ``"set"`` swaps the features extractor for a set extractor
+(:func:`rims_rl.extractors.set_extractor_for`: by the observations, a row per cell of MiniGrid's view and
+one for the mission, or a row per position of the Nature CNN's last feature map), so that each RIMs unit's
+input attention chooses among rows. An LSTM core reads the same rows flattened into one vector. A set extractor given as
+``features_extractor_class`` is a set without the switch.
+
 Every policy builds with no ``policy_kwargs``. Dropout in the core defaults to 0 here (the core itself keeps
 the paper's 0.1 for supervised use): SB3 collects in eval mode and trains in train mode, so live dropout
 makes PPO's first ratio differ from 1 and A2C's update differ from its own rollout.
@@ -32,11 +39,12 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import is_image_space
-from stable_baselines3.common.torch_layers import CombinedExtractor, NatureCNN
+from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from rims_rl.cores import LSTMCore
+from rims_rl.extractors import SetExtractor, set_extractor_for
 from rims_rl.rims import RIMs
 
 __all__ = [
@@ -50,6 +58,7 @@ __all__ = [
 ]
 
 CRITIC_CORES = ("separate", "detached", "shared", "none")
+FEATURES = ("vector", "set")
 DEFAULT_CRITIC_CORE = "separate"
 # sb3-contrib's (shared_lstm, enable_critic_lstm) and the critic core each pair means.
 _SB3_CRITIC = {(False, True): "separate", (True, False): "detached", (False, False): "none"}
@@ -92,6 +101,8 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
             docstring).
         shared_lstm, enable_critic_lstm: sb3-contrib's flags, with sb3-contrib's meaning; they choose the
             critic core when given (``critic_core`` may be given too if it agrees).
+        features: ``"vector"`` or ``"set"`` (see the module docstring); ``None`` means ``"set"`` when
+            ``features_extractor_class`` is a :class:`rims_rl.extractors.SetExtractor`, else ``"vector"``.
         **kwargs: everything ``RecurrentActorCriticPolicy`` takes, except its LSTM size settings.
     """
 
@@ -103,9 +114,21 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         critic_core: str | None = None,
         shared_lstm: bool | None = None,
         enable_critic_lstm: bool | None = None,
+        features: str | None = None,
         **kwargs: Any,
     ) -> None:
         critic_core = critic_core_from(critic_core, shared_lstm, enable_critic_lstm)
+        extractor = kwargs.get("features_extractor_class", FlattenExtractor)  # sb3-contrib's default
+        given_set = isinstance(extractor, type) and issubclass(extractor, SetExtractor)
+        if features is None:
+            features = "set" if given_set else "vector"
+        if features not in FEATURES:
+            raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+        if features == "vector" and given_set:
+            raise ValueError(f"features='vector' with the set extractor {extractor.__name__}: use features='set'")
+        if features == "set":
+            kwargs["features_extractor_class"] = set_extractor_for(extractor, observation_space)
+        self.features = features
         for key, instead in self._lstm_settings.items():
             if key in kwargs:
                 raise ValueError(f"{type(self).__name__} does not take {key}: {instead}")
@@ -127,9 +150,13 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         )
         # sb3-contrib's flag means a detached critic; "shared" only borrowed it to skip the parent's critic.
         self.shared_lstm = critic_core == "detached"
-        self.lstm_actor = self._build_core(self.features_dim)
+        # A core that reads sets gets the rows (N, row_size); any other core the flat features.
+        extractor = self.features_extractor if self.share_features_extractor else self.pi_features_extractor
+        self.core_rows = extractor.set_size if features == "set" and self.reads_sets else None
+        core_input = extractor.row_size if self.core_rows else self.features_dim
+        self.lstm_actor = self._build_core(core_input)
         if critic_core == "separate":
-            self.lstm_critic = self._build_core(self.features_dim)
+            self.lstm_critic = self._build_core(core_input)
         # Convolutions (the Nature CNN's) run about 25% faster forward and backward in channels-last
         # layout on CPU (oneDNN); only 4-d weights change layout, values are equal up to rounding.
         self.to(memory_format=torch.channels_last)
@@ -151,6 +178,8 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
 
     # sb3-contrib's LSTM settings that this policy does not take, and what to use instead.
     _lstm_settings: ClassVar[dict[str, str]] = {}
+    #: Whether the core reads an input set as rows (RIMs' input attention) rather than one flat vector.
+    reads_sets: ClassVar[bool] = False
 
     def _core_output_size(self) -> int:
         raise NotImplementedError
@@ -165,7 +194,7 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(critic_core=self.critic_core, **self._core_parameters())
+        data.update(critic_core=self.critic_core, features=self.features, **self._core_parameters())
         return data
 
     def extract_features(
@@ -185,17 +214,18 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
             return extractor(obs.float().div_(255.0).contiguous(memory_format=torch.channels_last))
         return super(ActorCriticPolicy, self).extract_features(obs, extractor)
 
-    @staticmethod
     def _process_sequence(
+        self,
         features: torch.Tensor,
         lstm_states: tuple[torch.Tensor, torch.Tensor],
         episode_starts: torch.Tensor,
         lstm: nn.Module,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         # The core resets flagged entries itself, so the whole (padded) sequence is one call, and
-        # collection (T = 1) and training run the same code.
+        # collection (T = 1) and training run the same code. A set's rows go in as (T, B, N, row_size).
         n_seq = lstm_states[0].shape[1]
-        sequence = features.reshape(n_seq, -1, lstm.input_size).swapaxes(0, 1)
+        rows = (lstm.input_size,) if self.core_rows is None else (self.core_rows, lstm.input_size)
+        sequence = features.reshape(n_seq, -1, *rows).swapaxes(0, 1)
         starts = episode_starts.reshape(n_seq, -1).swapaxes(0, 1)
         output, states = lstm(sequence, lstm_states, starts)
         return output.transpose(0, 1).flatten(0, 1), states
@@ -292,6 +322,7 @@ class RimsPolicy(RecurrentCorePolicy):
         "input_dropout": 0.0,
         "comm_dropout": 0.0,
     }
+    reads_sets: ClassVar[bool] = True
     _lstm_settings: ClassVar[dict[str, str]] = {
         "lstm_hidden_size": "the core's width is rims_kwargs num_units x unit_size",
         "n_lstm_layers": "a RIMs core is one layer of num_units units (rims_kwargs num_units)",

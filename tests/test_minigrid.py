@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import warnings
+from collections import Counter
 
 import gymnasium as gym
 import numpy as np
@@ -55,14 +56,37 @@ def test_no_novel_pair_ever_appears_in_a_training_episode():
     assert counts == {1, 2}  # the configured count range, both ends drawn
 
 
-def test_novel_split_adds_novel_distractors_to_known_ones():
-    env = make_pickup_env("novel")
+def _distractor_counts(split: str, episodes: int = 300) -> tuple[Counter, set]:
+    """How many distractors each episode of ``split`` had, and every distractor pair seen."""
+    env = make_pickup_env(split)
+    counts, pairs = Counter(), set()
+    for seed in range(episodes):
+        env.reset(seed=seed)
+        distractors = env.unwrapped.distractors
+        assert env.unwrapped.target not in distractors
+        assert sorted(objects_on_grid(env)) == sorted([env.unwrapped.target, *distractors])
+        counts[len(distractors)] += 1
+        pairs |= set(distractors)
+    return counts, pairs
+
+
+def test_novel_split_changes_only_novelty():
+    """Novel distractors come in the training split's numbers, each one a pair never seen in training."""
+    train_counts, train_pairs = _distractor_counts("train")
+    novel_counts, novel_pairs = _distractor_counts("novel")
+    assert novel_pairs <= NOVEL_ONLY and not novel_pairs & train_pairs
+    assert set(novel_counts) == set(train_counts) == {1, 2}
+    for count in (1, 2):  # about half each, in both splits
+        assert 0.4 < novel_counts[count] / 300 < 0.6 and 0.4 < train_counts[count] / 300 < 0.6
+
+
+def test_crowded_split_adds_novel_distractors_to_known_ones():
+    env = make_pickup_env("crowded")
     for seed in range(200):
         env.reset(seed=seed)
         distractors = env.unwrapped.distractors
         novel = [pair for pair in distractors if pair in NOVEL_ONLY]
         assert 2 <= len(novel) <= 3 and 1 <= len(distractors) - len(novel) <= 2
-        assert env.unwrapped.target not in distractors
         assert sorted(objects_on_grid(env)) == sorted([env.unwrapped.target, *distractors])
 
 
