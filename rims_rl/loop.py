@@ -3,8 +3,8 @@
 - :func:`autograd_loop` calls the step once per step and lets autograd record it. It covers every
   variant (input sets, GRU cells, no input attention, live dropout) and can return the per-step
   details (active units, input attention).
-- :class:`FusedLoop` is the whole loop as one autograd node, for LSTM cells, one input row, input
-  attention and no live dropout: what recurrent PPO and A2C run, acting and training, at any batch
+- :class:`FusedLoop` is the whole loop as one autograd node, for LSTM cells reading one input row or an
+  input set through attention, with no live dropout: what recurrent PPO and A2C run, acting and training, at any batch
   size. The forward runs the same step unrecorded, keeping what the backward needs; the backward is
   :func:`rims_rl.step.step_backward` step by step, with every local derivative formed for all steps
   before the loop and every product the recurrence does not need (weight gradients, the gradients of
@@ -110,20 +110,27 @@ def _keep_steps(keep: Tensor | None, like: Tensor) -> Tensor:
 
 
 # The compiled forward's saved tensors, in its order: the step's saved tensors it keeps, and the local
-# derivatives of rims_rl.step.step_factors, which it forms as it goes.
+# derivatives of rims_rl.step.step_factors, which it forms as it goes (p_slope empty for an input set,
+# whose backward reads the attention p itself).
 _FACTORS = ("mask", "unmask", "f", "cell_to_c", "pre", "p_slope", "out")
 _COMPILED_SAVED = ("h", "q", "p", "readout", "h_mix", *_FACTORS[:-1], "qkv", "comm_attention", "read", "out")
 
 
+def _is_set(keys: Tensor) -> bool:
+    """Whether stacked keys are an input set's ``(T, B, N + 1, H, dk)`` rather than one row's ``(T, B, H, dk)``."""
+    return keys.dim() == 5
+
+
 def run_fused(spec: StepSpec, weights: StepWeights, keys: Tensor, values: Tensor, h, c, keep, save: bool):
     """The forward loop of :class:`FusedLoop`: outputs ``(T, K, B, U)``, the last ``h, c`` and, with
-    ``save``, what the backward needs stacked as ``(T, ...)``. ``keys`` ``(T, B, H, dk)`` scaled,
-    ``values`` ``(T, B, R)``."""
+    ``save``, what the backward needs stacked as ``(T, ...)``. One row: ``keys`` ``(T, B, H, dk)`` scaled,
+    ``values`` ``(T, B, R)``; a set: ``keys`` ``(T, B, N + 1, H, dk)`` scaled, ``values`` ``(T, B, N + 1, H,
+    dv)``, the null row first."""
     compiled = _compiled(keys)
     if compiled is not None:
         outputs, h, c, *per_step = compiled.forward_loop(
             keys.contiguous(),
-            values.reshape(-1, values.shape[-1]).contiguous(),
+            values.reshape(-1, weights.weight_ih.shape[1]).contiguous(),
             weights.weight_ih,
             h.contiguous(),
             c.contiguous(),
@@ -185,10 +192,15 @@ class FusedLoop(torch.autograd.Function):
         weights = StepWeights(*weight_tensors)
         steps, batch = keys.shape[:2]
         units, size, gates = spec.units, spec.unit_size, spec.gates
+        is_set = _is_set(keys)
         if "act" in saved:  # the Python forward kept the gate values; the compiled one their derivatives
             factors = step_factors(spec, saved)
         else:
             factors = {name: saved[name] for name in _FACTORS if name in saved}
+            if is_set:
+                factors["attention"] = saved["p"]
+        # What the input side's backward multiplies by: one row's sigmoid slopes, or a set's attention.
+        input_factor = factors["attention"] if is_set else factors["p_slope"]
         dh = grad_h if grad_h is not None else grad_outputs.new_zeros(units, batch, size)
         dc = grad_c if grad_c is not None else grad_outputs.new_zeros(units, batch, size)
         # Transposed views: the compiled loop repacks them anyway, the Python one copies them.
@@ -200,9 +212,10 @@ class FusedLoop(torch.autograd.Function):
                 dc.contiguous(),
                 grad_outputs.contiguous(),
                 keys.contiguous(),
-                values.reshape(-1, values.shape[-1]).contiguous(),
+                values.reshape(-1, weights.weight_ih.shape[1]).contiguous(),
                 transposed.weight_ih,
-                *(factors[name].contiguous() for name in _FACTORS[:-1]),
+                *(factors[name].contiguous() for name in _FACTORS[:-2]),
+                input_factor.contiguous(),
                 *(_or_empty(x, keys) for x in (factors.get("out"), saved.get("qkv"), saved.get("comm_attention"))),
                 *(keys.new_empty(0) if w is None else w for w in (transposed.hidden_weight, transposed.comm_qkv)),
                 keys.new_empty(0) if transposed.comm_output is None else transposed.comm_output,
@@ -236,11 +249,15 @@ class FusedLoop(torch.autograd.Function):
         d_projected = over_steps(grad["projected"])
         d_hidden_weight = torch.bmm(over_steps(saved["h"]).transpose(1, 2), d_projected)
         d_hidden_bias = d_projected.sum(1, keepdim=True)
-        d_keys = (grad["scores"].unsqueeze(-1) * saved["q"]).sum(1)
         d_weight_ih = torch.bmm(over_steps(saved["readout"]).transpose(1, 2), d_projected[..., :gates])
         # Each unit read the values weighted by its p: their gradient sums the units' read-out gradients so.
         d_readout = grad["readout"].view(steps, units, batch, spec.input_heads, -1)
-        d_values = (d_readout * saved["p"].unsqueeze(-1)).sum(1).view(steps, batch, -1)
+        if is_set:  # scores (T, K, B, H, N + 1), queries (T, K, B, H, dk): sums over the units
+            d_keys = torch.einsum("tkbhn,tkbhd->tbnhd", grad["scores"], saved["q"])
+            d_values = torch.einsum("tkbhn,tkbhv->tbnhv", saved["p"], d_readout)
+        else:
+            d_keys = (grad["scores"].unsqueeze(-1) * saved["q"]).sum(1)
+            d_values = (d_readout * saved["p"].unsqueeze(-1)).sum(1).view(steps, batch, -1)
         d_qkv = d_out = d_out_bias = None
         if spec.communication:
             d_qkv = torch.bmm(over_steps(saved["h_mix"]).transpose(1, 2), over_steps(grad["qkv"]))

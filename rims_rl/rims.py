@@ -359,10 +359,9 @@ class RIMs(nn.Module):
         keys, values, weight_ih = self._input_side(x)
         weights = self._step_weights(weight_ih)
         dropout = self._live_dropout()
-        one_row = x.dim() == 3 or x.shape[2] == 1
-        # The fused loop covers what RL runs: LSTM cells reading one input row through attention, no
-        # live dropout, any batch size. Everything else, and the per-step details, take autograd.
-        if not record and self.cell == "lstm" and self.input_attention and one_row and dropout == (0.0, 0.0):
+        # The fused loop covers what RL runs: LSTM cells reading one input row or a set through attention,
+        # no live dropout, any batch size. Everything else, and the per-step details, take autograd.
+        if not record and self.cell == "lstm" and self.input_attention and dropout == (0.0, 0.0):
             outputs, h, c = fused_loop(spec, weights, keys, values, h, c, keep)
             output, final = self._lstm_layout(outputs, h, c)
             return output, final, None

@@ -152,8 +152,8 @@ def rims_step(
 
     Returns the new ``h, c`` and a dict with ``active`` (``(K, B)`` bool, None when all units are);
     with ``details`` also ``attention`` (``(K, B, H, N + 1)``, the null row first; ``(K, B, H, 0)``
-    without input attention); with ``save`` also what :func:`step_backward` needs (LSTM cells, one
-    input row).
+    without input attention); with ``save`` also what :func:`step_backward` needs (LSTM cells, input
+    attention): ``p`` is each head's attention on the row ``(K, B, H)``, or over a set's rows ``(K, B, H, N + 1)``.
     """
     units, size, gates = spec.units, spec.unit_size, spec.gates
     batch = h.shape[1]
@@ -256,8 +256,11 @@ def step_factors(spec: StepSpec, saved: dict[str, Tensor]) -> dict[str, Tensor]:
         "pre": torch.stack(
             [g * i * (1.0 - i), c * f * (1.0 - f), i * (1.0 - g * g), mask * tanh_c * o * (1.0 - o)], -2
         ),
-        "p_slope": saved["p"] * (1.0 - saved["p"]),
     }
+    if saved["p"].dim() == saved["c"].dim():  # one row: the slope of each head's sigmoid
+        factors["p_slope"] = saved["p"] * (1.0 - saved["p"])
+    else:  # a set: the softmax's backward needs the attention itself
+        factors["attention"] = saved["p"]
     if spec.communication:
         sig, tanh_u = saved["sig"], saved["tanh_u"]
         # d (update, gate) of d h_next through mask * sigmoid(gate) * tanh(update).
@@ -274,13 +277,15 @@ def step_backward(
     inputs: StepInputs,
     weights_t: StepWeights,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """The hand-written backward of :func:`rims_step` for LSTM cells, one input row and no dropout.
+    """The hand-written backward of :func:`rims_step` for LSTM cells with input attention (one row or a set)
+    and no dropout.
 
     ``dh, dc`` after the step -> before it (before any reset), and the step's gradients of the hidden
     projection's output (``projected``), the input scores (``scores``), the read-out (``readout``) and,
     with communication, of the comm projections (``qkv``, ``out``); weight gradients are formed from
     those over all steps at once by the caller. ``step`` holds this step's :func:`step_factors` and the
-    saved ``qkv`` and ``attention``; ``weights_t`` the weights transposed (last two dimensions).
+    saved ``qkv`` and ``attention``; ``weights_t`` the weights transposed (last two dimensions). The scores'
+    gradient is ``(K, B, H)`` for one row, ``(K, B, H, N + 1)`` for a set.
     """
     units, batch, size = spec.units, dh.shape[1], spec.unit_size
     grads = {}
@@ -312,9 +317,17 @@ def step_backward(
     d_pre = (sources * step["pre"]).view(units, batch, 4 * size)
     dc = torch.addcmul(dc * step["unmask"], d_c_new, step["f"])
     d_readout = torch.bmm(d_pre, weights_t.weight_ih)
-    per_head = d_readout.view(units, batch, spec.input_heads, -1) * inputs.values.view(1, batch, spec.input_heads, -1)
-    d_scores_in = per_head.sum(-1) * step["p_slope"]
-    d_projected = torch.cat([d_pre, (d_scores_in.unsqueeze(-1) * inputs.keys).reshape(units, batch, -1)], dim=-1)
+    heads = spec.input_heads
+    if inputs.keys.dim() == 3:  # one row: p = sigmoid(score)
+        per_head = d_readout.view(units, batch, heads, -1) * inputs.values.view(1, batch, heads, -1)
+        d_scores_in = per_head.sum(-1) * step["p_slope"]
+        d_queries = d_scores_in.unsqueeze(-1) * inputs.keys
+    else:  # a set: each head's softmax over the rows
+        attention = step["attention"]
+        d_attention = torch.einsum("kbhv,bnhv->kbhn", d_readout.view(units, batch, heads, -1), inputs.values)
+        d_scores_in = attention * (d_attention - (attention * d_attention).sum(-1, keepdim=True))
+        d_queries = torch.einsum("kbhn,bnhd->kbhd", d_scores_in, inputs.keys)
+    d_projected = torch.cat([d_pre, d_queries.reshape(units, batch, -1)], dim=-1)
     dh = torch.baddbmm(d_mix * step["unmask"], d_projected, weights_t.hidden_weight)
     grads["projected"], grads["scores"], grads["readout"] = d_projected, d_scores_in, d_readout
     return dh, dc, grads

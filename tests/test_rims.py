@@ -79,7 +79,7 @@ def test_matches_literal_reference(cell, rows, batch, variant):
 
 # The three ways a call can run: autograd through the per-step ops (what forward_with_details takes),
 # the fused loop in Python (RIMS_RL_NATIVE=0) and the compiled one. The fused loops cover one input
-# row, input attention, LSTM cells and no live dropout.
+# row or an input set, input attention, LSTM cells and no live dropout.
 PATHS = ["autograd", "python-loop", "compiled-loop"]
 
 
@@ -99,14 +99,16 @@ def call(module: RIMs, x: torch.Tensor, state=None, *, path: str, monkeypatch):
 
 
 @pytest.mark.parametrize("path", PATHS[1:])
+@pytest.mark.parametrize("rows", [None, 3], ids=["one-row", "input-set"])
 @pytest.mark.parametrize("batch", [3, 20], ids=["small-batch", "large-batch"])
 @pytest.mark.parametrize("variant", [{}, {"communication": False}, {"k_active": 5}, FOLDED])
-def test_fused_paths_match_literal_reference(path, batch, variant, monkeypatch):
+def test_fused_paths_match_literal_reference(path, rows, batch, variant, monkeypatch):
     """The fused loops compute the paper's step as the literal reference does: null row in the
     softmax, selection (with the full tie of a zero state at the first step), cells, communication."""
     torch.manual_seed(0)
     module = small(**variant).double()
-    x = torch.randn(7, batch, module.input_size, dtype=torch.float64)
+    shape = (7, batch, module.input_size) if rows is None else (7, batch, rows, module.input_size)
+    x = torch.randn(*shape, dtype=torch.float64)
     output, _ = call(module, x, path=path, monkeypatch=monkeypatch)
     expected, _, _ = reference_run(module, x)
     torch.testing.assert_close(output, expected, rtol=1e-9, atol=1e-10)
@@ -376,15 +378,17 @@ class _CountingLoop:
         return call
 
 
+@pytest.mark.parametrize("rows", [None, 3], ids=["one-row", "input-set"])
 @pytest.mark.parametrize("variant", [{}, {"communication": False}, {"k_active": 5}, FOLDED])
-def test_hand_written_step_backward_is_the_derivative_of_the_step(variant):
+def test_hand_written_step_backward_is_the_derivative_of_the_step(variant, rows):
     """``step_backward`` differentiates ``rims_step`` itself: for one step in float64, the state
     gradients it returns, and the weight, key and value gradients assembled from its per-step
     gradients, equal what autograd finds through ``rims_step``."""
     torch.manual_seed(22)
     module = small(**variant).double()
     spec = module._spec()
-    keys, values, weight_ih = module._input_side(torch.randn(1, 4, module.input_size, dtype=torch.float64))
+    shape = (1, 4, module.input_size) if rows is None else (1, 4, rows, module.input_size)
+    keys, values, weight_ih = module._input_side(torch.randn(*shape, dtype=torch.float64))
     plain = module._step_weights(weight_ih)
     weights = type(plain)(*(None if w is None else w.detach().clone().requires_grad_(True) for w in plain))
     inputs = StepInputs(keys[0].detach().requires_grad_(True), values[0].detach().requires_grad_(True))
@@ -404,9 +408,13 @@ def test_hand_written_step_backward_is_the_derivative_of_the_step(variant):
     found["hidden_weight"] = h.transpose(1, 2) @ grads["projected"]
     found["hidden_bias"] = grads["projected"].sum(1, keepdim=True)
     found["weight_ih"] = saved["readout"].transpose(1, 2) @ grads["projected"][..., : spec.gates]
-    found["keys"] = (grads["scores"].unsqueeze(-1) * saved["q"]).sum(0)
-    per_head = grads["readout"].view(5, 4, spec.input_heads, -1) * saved["p"].unsqueeze(-1)
-    found["values"] = per_head.sum(0).view(4, -1)
+    d_readout = grads["readout"].view(5, 4, spec.input_heads, -1)
+    if rows is None:
+        found["keys"] = (grads["scores"].unsqueeze(-1) * saved["q"]).sum(0)
+        found["values"] = (d_readout * saved["p"].unsqueeze(-1)).sum(0).view(4, -1)
+    else:  # the scores' and the attention's last dimension is the rows, the null row first
+        found["keys"] = torch.einsum("kbhn,kbhd->bnhd", grads["scores"], saved["q"])
+        found["values"] = torch.einsum("kbhn,kbhv->bnhv", saved["p"], d_readout)
     if spec.communication:
         found["comm_qkv"] = saved["h_mix"].transpose(1, 2) @ grads["qkv"]
         found["comm_output"] = saved["read"].transpose(1, 2) @ grads["out"]
@@ -419,11 +427,21 @@ def test_hand_written_step_backward_is_the_derivative_of_the_step(variant):
 
 @pytest.mark.parametrize("loop", ["compiled", "python"])
 @pytest.mark.parametrize(
-    ("variant", "steps"), [({}, 9), ({"communication": False}, 9), ({"k_active": 5}, 9), ({}, 3), (FOLDED, 9)]
+    ("variant", "steps", "rows"),
+    [
+        ({}, 9, None),
+        ({"communication": False}, 9, None),
+        ({"k_active": 5}, 9, None),
+        ({}, 3, None),
+        (FOLDED, 9, None),
+        ({}, 9, 3),
+        ({"communication": False}, 9, 3),
+        ({"k_active": 5}, 3, 3),
+    ],
 )
-def test_fused_time_loop_equals_eager_autograd(variant, steps, loop, monkeypatch):
-    """The hand-written backward of ``rims_rl.loop.FusedLoop`` (taken for one input row, LSTM cells and no
-    dropout) gives the values and every gradient of plain autograd through the per-step ops
+def test_fused_time_loop_equals_eager_autograd(variant, steps, rows, loop, monkeypatch):
+    """The hand-written backward of ``rims_rl.loop.FusedLoop`` (taken for LSTM cells reading one input row or
+    a set, without dropout) gives the values and every gradient of plain autograd through the per-step ops
     (``forward_with_details`` always takes that path), with resets and a given state; both for the
     compiled loop (``rims_rl/csrc``, which must build here) and for the Python one. Three steps: the
     compiled loop reads its weights in place instead of repacking them."""
@@ -433,7 +451,8 @@ def test_fused_time_loop_equals_eager_autograd(variant, steps, loop, monkeypatch
     monkeypatch.setattr(rims_loop, "_compiled", lambda tensor: counting if loop == "compiled" else None)
     torch.manual_seed(21)
     module = small(**variant).double()
-    x = torch.randn(steps, 4, module.input_size, dtype=torch.float64, requires_grad=True)
+    shape = (steps, 4, module.input_size) if rows is None else (steps, 4, rows, module.input_size)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(1, 4, module.hidden_size, dtype=torch.float64, requires_grad=True)
     c0 = torch.randn(1, 4, module.hidden_size, dtype=torch.float64, requires_grad=True)
     starts = torch.zeros(steps, 4)
@@ -461,15 +480,15 @@ def test_fused_time_loop_equals_eager_autograd(variant, steps, loop, monkeypatch
     assert counting.calls == expected
 
 
-@pytest.mark.parametrize(("steps", "batch"), [(128, 2), (2, 8)])
-def test_compiled_loop_matches_python_loop_at_the_rl_shape(steps, batch, monkeypatch):
+@pytest.mark.parametrize(("steps", "batch", "rows"), [(128, 2, None), (2, 8, None), (64, 2, 49), (2, 8, 49)])
+def test_compiled_loop_matches_python_loop_at_the_rl_shape(steps, batch, rows, monkeypatch):
     """At the PPO shapes in float32 (6 units x 100, k_active 4; a minibatch of two sequences of 128
     steps with a reset, and two acting steps of 8 envs, where the compiled loop reads its weights in
-    place) the compiled loop and the Python loop agree on outputs, final state and every gradient; and
-    with ``RIMS_RL_NATIVE=0`` the compiled one is not called."""
+    place; also with the Nature CNN's set of 49 rows) the compiled loop and the Python loop agree on
+    outputs, final state and every gradient; and with ``RIMS_RL_NATIVE=0`` the compiled one is not called."""
     torch.manual_seed(4)
     module = RIMs(64, 100, 6, 4, input_dropout=0.0, comm_dropout=0.0)
-    x = torch.randn(steps, batch, 64, requires_grad=True)
+    x = torch.randn(steps, batch, *(() if rows is None else (rows,)), 64, requires_grad=True)
     starts = torch.zeros(steps, batch)
     starts[0] = starts[steps * 5 // 9, 1] = 1.0
     results = []

@@ -1,6 +1,8 @@
 // The fused RIMs time loop (rims_rl/loop.py) for CPU tensors, compiled on first use.
 //
-// Same arithmetic as rims_rl.step.rims_step and step_backward, in the same step-major layouts. At recurrent
+// Same arithmetic as rims_rl.step.rims_step and step_backward, in the same step-major layouts, for one input
+// row per step (keys (T, B, H, dk): the null row implicit, its key and value zero) or an input set (keys
+// (T, B, R, H, dk) and values (T B R, H dv), the null row first among the R rows). At recurrent
 // PPO's minibatch shapes (a few sequences of 128 steps) a step is a few rows through each unit's
 // weights: the per-unit products are memory- and latency-bound, not arithmetic-bound. So each step's
 // work is split by unit across threads (ATen's parallel_for, a few phases per step), the products
@@ -258,16 +260,20 @@ void tanh_n<float>(float* out, const float* in, int64_t n) {
 
 struct Sizes {
   int64_t T, B, K, U, G, H, dk, HV, NP, Hc, ck, cv, QKV, k_active;
-  bool comm, select;
+  int64_t R;  // rows of an input set, the null row included; 1 for one row (its null row is implicit)
+  bool comm, select, set;
 };
 
 Sizes sizes(const Tensor& keys, const Tensor& h0, const Tensor& hidden_weight, int64_t k_active, int64_t comm_heads,
             int64_t comm_key, int64_t comm_value, bool comm) {
   Sizes s{};
+  TORCH_CHECK(keys.dim() == 4 || keys.dim() == 5, "rims_loop: keys must be (T, B, H, dk) or (T, B, R, H, dk)");
+  s.set = keys.dim() == 5;
   s.T = keys.size(0);
   s.B = keys.size(1);
-  s.H = keys.size(2);
-  s.dk = keys.size(3);
+  s.R = s.set ? keys.size(2) : 1;
+  s.H = keys.size(-2);
+  s.dk = keys.size(-1);
   s.K = h0.size(0);
   s.U = h0.size(2);
   s.G = 4 * s.U;
@@ -283,14 +289,14 @@ Sizes sizes(const Tensor& keys, const Tensor& h0, const Tensor& hidden_weight, i
   return s;
 }
 
-// values are (rows >= T B, H dv), the padded input projection; weight_ih (K, H dv, G) in any strides (the
+// values are (rows >= T B R, H dv), the padded input projection; weight_ih (K, H dv, G) in any strides (the
 // backward passes its transpose, (K, G, H dv)).
 void check_input_side(const Tensor& values, const Tensor& weight_ih, bool transposed, Sizes& s) {
   s.HV = values.size(1);
   const int64_t rows = weight_ih.size(transposed ? 2 : 1), cols = weight_ih.size(transposed ? 1 : 2);
-  TORCH_CHECK(values.dim() == 2 && values.size(0) >= s.T * s.B && s.HV % s.H == 0 && weight_ih.dim() == 3 &&
+  TORCH_CHECK(values.dim() == 2 && values.size(0) >= s.T * s.B * s.R && s.HV % s.H == 0 && weight_ih.dim() == 3 &&
                   weight_ih.size(0) == s.K && rows == s.HV && cols == s.G,
-              "rims_loop: values must be (rows >= T B, H dv) and weight_ih (K, H dv, 4U)");
+              "rims_loop: values must be (rows >= T B R, H dv) and weight_ih (K, H dv, 4U)");
 }
 
 template <typename scalar_t>
@@ -299,10 +305,13 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
                                  const Tensor& qkv_weight, const Tensor& out_weight, const Tensor& out_bias,
                                  const Tensor& keep, const std::vector<bool>& reset, const Sizes& s, bool save) {
   using T = scalar_t;
-  const int64_t steps = s.T, B = s.B, K = s.K, U = s.U, G = s.G, H = s.H, dk = s.dk, NP = s.NP;
+  const int64_t steps = s.T, B = s.B, K = s.K, U = s.U, G = s.G, H = s.H, dk = s.dk, NP = s.NP, R = s.R;
   const int64_t HV = s.HV, dv = s.HV / s.H;
   const int64_t KB = K * B, KBU = K * B * U;
   const int64_t Hc = s.Hc, ck = s.ck, cv = s.cv, QKV = s.QKV, Hv = s.Hc * s.cv;
+  // p: one row, each head's attention on the row, (K, B, H); a set, each head's attention over the rows
+  // (K, B, H, R), the null row first.
+  const int64_t HP = s.set ? H * R : H;
   auto opts = h0.options();
   auto stack = [&](std::initializer_list<int64_t> per_step) {
     std::vector<int64_t> shape{save ? steps : 1};
@@ -311,7 +320,8 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
   };
   // With save, each buffer holds every step (the backward's inputs); without, one step, reused.
   Tensor outputs = at::empty({steps, K, B, U}, opts);
-  Tensor h_in = stack({K, B, U}), q = stack({K, B, H * dk}), p = stack({K, B, H}), readout = stack({K, B, HV});
+  Tensor h_in = stack({K, B, U}), q = stack({K, B, H * dk}), readout = stack({K, B, HV});
+  Tensor p = s.set ? stack({K, B, H, R}) : stack({K, B, H});
   Tensor h_mix = stack({K, B, U});
   Tensor qkv, attention, read;
   if (s.comm) {
@@ -328,7 +338,8 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
     forget = stack({K, B, U});
     cell_to_c = stack({K, B, U});
     slopes = stack({K, B, 4, U});
-    p_slope = stack({K, B, H});
+    // A set's backward reads the attention itself (p); one row's, the slope of its sigmoid.
+    p_slope = s.set ? at::empty({0}, opts) : stack({K, B, H});
     if (s.comm) out_slopes = stack({K, B, 2, U});
   }
   std::vector<T> c_in(KBU), act(KB * G), g(KBU), tanh_c(KBU), sig(s.comm ? KBU : 0), tanh_u(s.comm ? KBU : 0);
@@ -365,6 +376,7 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
       sl[2 * U + u] = i * (T(1) - gg * gg);
       sl[3 * U + u] = m * tc * o * (T(1) - o);
     }
+    if (s.set) return;
     const T* pp = p.data_ptr<T>() + at * H;
     T* ps = p_slope.data_ptr<T>() + at * H;
     for (int64_t h = 0; h < H; ++h) ps[h] = pp[h] * (T(1) - pp[h]);
@@ -375,7 +387,7 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
     T* hin = h_in.data_ptr<T>() + at_t * KBU;
     T* cin = c_in.data();
     T* q_t = q.data_ptr<T>() + at_t * KB * H * dk;
-    T* p_t = p.data_ptr<T>() + at_t * KB * H;
+    T* p_t = p.data_ptr<T>() + at_t * KB * HP;
     T* readout_t = readout.data_ptr<T>() + at_t * KB * HV;
     T* act_t = act.data();
     T* g_t = g.data();
@@ -402,13 +414,39 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
       for (int64_t b = 0; b < B; ++b) {
         const int64_t kb = k * B + b;
         const T* pr = proj + b * NP;
-        T* pp = p_t + kb * H;
-        for (int64_t h = 0; h < H; ++h) pp[h] = sigmoid(dot(pr + G + h * dk, keys_p + ((t * B + b) * H + h) * dk, dk));
+        T* pp = p_t + kb * HP;
         std::copy(pr + G, pr + NP, q_t + kb * H * dk);
-        const T* value_row = values_p + (t * B + b) * HV;
         T* read_row = readout_t + kb * HV;
-        for (int64_t h = 0; h < H; ++h)
-          for (int64_t v = 0; v < dv; ++v) read_row[h * dv + v] = pp[h] * value_row[h * dv + v];
+        if (!s.set) {
+          for (int64_t h = 0; h < H; ++h) pp[h] = sigmoid(dot(pr + G + h * dk, keys_p + ((t * B + b) * H + h) * dk, dk));
+          const T* value_row = values_p + (t * B + b) * HV;
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t v = 0; v < dv; ++v) read_row[h * dv + v] = pp[h] * value_row[h * dv + v];
+          continue;
+        }
+        // A set: each head's softmax over the R rows' scores, then its attention-weighted values.
+        const T* keys_tb = keys_p + (t * B + b) * R * H * dk;
+        const T* values_tb = values_p + (t * B + b) * R * HV;
+        std::fill(read_row, read_row + HV, T(0));
+        for (int64_t h = 0; h < H; ++h) {
+          T* a = pp + h * R;
+          T top = -std::numeric_limits<T>::infinity();
+          for (int64_t n = 0; n < R; ++n) {
+            a[n] = dot(pr + G + h * dk, keys_tb + (n * H + h) * dk, dk);
+            top = std::max(top, a[n]);
+          }
+          T total = 0;
+          for (int64_t n = 0; n < R; ++n) {
+            a[n] = std::exp(a[n] - top);
+            total += a[n];
+          }
+          T* read_head = read_row + h * dv;
+          for (int64_t n = 0; n < R; ++n) {
+            a[n] /= total;
+            const T* value = values_tb + n * HV + h * dv;
+            for (int64_t v = 0; v < dv; ++v) read_head[v] += a[n] * value[v];
+          }
+        }
       }
       gemm<T>(readout_t + k * B * HV, B, w_ih, k, proj, NP, pre.data() + k * B * G);
       // the candidate's slot in act goes unused: one sigmoid over all four gates, as the Python loop
@@ -432,10 +470,15 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
       std::fill(active.begin(), active.end(), 0);
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t k = 0; k < K; ++k) {
-          const T* pp = p_t + (k * B + b) * H;
+          const T* pp = p_t + (k * B + b) * HP;
           T total = 0;
-          for (int64_t h = 0; h < H; ++h) total += pp[h];
-          p_null[k] = T(1) - total / T(H);
+          if (s.set) {  // the heads' attention on the null row, the first
+            for (int64_t h = 0; h < H; ++h) total += pp[h * R];
+            p_null[k] = total / T(H);
+          } else {  // one minus the heads' attention on the row
+            for (int64_t h = 0; h < H; ++h) total += pp[h];
+            p_null[k] = T(1) - total / T(H);
+          }
         }
         std::iota(order.begin(), order.end(), 0);
         std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return p_null[x] < p_null[y]; });
@@ -527,17 +570,19 @@ template <typename scalar_t>
 std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outputs, const Tensor& keys,
                                   const Tensor& values, const Tensor& weight_ih_t, const Tensor& mask,
                                   const Tensor& unmask, const Tensor& forget, const Tensor& cell_to_c,
-                                  const Tensor& pre, const Tensor& p_slope, const Tensor& out, const Tensor& qkv,
+                                  const Tensor& pre, const Tensor& p_factor, const Tensor& out, const Tensor& qkv,
                                   const Tensor& attention, const Tensor& hidden_weight_t, const Tensor& qkv_weight_t,
                                   const Tensor& out_weight_t, const Tensor& keep, const std::vector<bool>& reset,
                                   const Sizes& s) {
   using T = scalar_t;
-  const int64_t steps = s.T, B = s.B, K = s.K, U = s.U, G = s.G, H = s.H, dk = s.dk, NP = s.NP;
+  const int64_t steps = s.T, B = s.B, K = s.K, U = s.U, G = s.G, H = s.H, dk = s.dk, NP = s.NP, R = s.R;
   const int64_t HV = s.HV, dv = s.HV / s.H;
   const int64_t KB = K * B, KBU = K * B * U;
   const int64_t Hc = s.Hc, ck = s.ck, cv = s.cv, QKV = s.QKV, Hv = s.Hc * s.cv;
+  const int64_t HP = s.set ? H * R : H;  // input scores per unit and entry
   auto opts = dh.options();
-  Tensor grad_projected = at::empty({steps, K, B, NP}, opts), grad_scores = at::empty({steps, K, B, H}, opts);
+  Tensor grad_projected = at::empty({steps, K, B, NP}, opts);
+  Tensor grad_scores = s.set ? at::empty({steps, K, B, H, R}, opts) : at::empty({steps, K, B, H}, opts);
   Tensor grad_readout = at::empty({steps, K, B, HV}, opts);
   Tensor grad_qkv, grad_out;
   if (s.comm) {
@@ -557,7 +602,8 @@ std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outpu
   const T* forget_p = forget.data_ptr<T>();
   const T* cell_p = cell_to_c.data_ptr<T>();
   const T* pre_p = pre.data_ptr<T>();
-  const T* p_slope_p = p_slope.data_ptr<T>();
+  // One row: the slope of each head's sigmoid; a set: each head's attention over the rows (K, B, H, R).
+  const T* p_factor_p = p_factor.data_ptr<T>();
   T* dhp = dh.data_ptr<T>();
   T* dcp = dc.data_ptr<T>();
 
@@ -605,7 +651,7 @@ std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outpu
 
     // Keys' and values' gradients (unit j), then j's cell and hidden projection backward.
     T* dproj_t = grad_projected.data_ptr<T>() + t * KB * NP;
-    T* dsc = grad_scores.data_ptr<T>() + t * KB * H;
+    T* dsc = grad_scores.data_ptr<T>() + t * KB * HP;
     T* dread_t = grad_readout.data_ptr<T>() + t * KB * HV;
     each_unit(K, [&](int64_t j) {
       const T* dmix = dh_in.data();
@@ -651,12 +697,35 @@ std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outpu
       for (int64_t b = 0; b < B; ++b) {
         const int64_t kb = j * B + b;
         T* dp = dproj_t + kb * NP;
-        const T* slope = p_slope_p + (t * KB + kb) * H;
+        if (!s.set) {
+          const T* slope = p_factor_p + (t * KB + kb) * H;
+          for (int64_t h = 0; h < H; ++h) {
+            const T d_score = dot(dread_t + kb * HV + h * dv, values_p + (t * B + b) * HV + h * dv, dv) * slope[h];
+            dsc[kb * H + h] = d_score;
+            const T* key = keys_p + ((t * B + b) * H + h) * dk;
+            for (int64_t d = 0; d < dk; ++d) dp[G + h * dk + d] = d_score * key[d];
+          }
+          continue;
+        }
+        // A set: the softmax's backward per head, then the query's gradient over the rows' keys.
+        const T* keys_tb = keys_p + (t * B + b) * R * H * dk;
+        const T* values_tb = values_p + (t * B + b) * R * HV;
         for (int64_t h = 0; h < H; ++h) {
-          const T d_score = dot(dread_t + kb * HV + h * dv, values_p + (t * B + b) * HV + h * dv, dv) * slope[h];
-          dsc[kb * H + h] = d_score;
-          const T* key = keys_p + ((t * B + b) * H + h) * dk;
-          for (int64_t d = 0; d < dk; ++d) dp[G + h * dk + d] = d_score * key[d];
+          const T* a = p_factor_p + ((t * KB + kb) * H + h) * R;
+          T* ds = dsc + (kb * H + h) * R;
+          const T* d_read = dread_t + kb * HV + h * dv;
+          T weighted = 0;
+          for (int64_t n = 0; n < R; ++n) {
+            ds[n] = dot(d_read, values_tb + n * HV + h * dv, dv);
+            weighted += a[n] * ds[n];
+          }
+          T* d_query = dp + G + h * dk;
+          std::fill(d_query, d_query + dk, T(0));
+          for (int64_t n = 0; n < R; ++n) {
+            ds[n] = a[n] * (ds[n] - weighted);
+            const T* key = keys_tb + (n * H + h) * dk;
+            for (int64_t d = 0; d < dk; ++d) d_query[d] += ds[n] * key[d];
+          }
         }
       }
       gemm<T>(dproj_t + j * B * NP, B, w_hidden, j, d_mix_kept.data() + j * B * U, U, dhp + j * B * U);
@@ -717,11 +786,11 @@ std::vector<Tensor> forward_loop(const Tensor& keys, const Tensor& values, const
 std::vector<Tensor> backward_loop(const Tensor& dh, const Tensor& dc, const Tensor& grad_outputs, const Tensor& keys,
                                   const Tensor& values, const Tensor& weight_ih_t, const Tensor& mask,
                                   const Tensor& unmask, const Tensor& forget, const Tensor& cell_to_c,
-                                  const Tensor& pre, const Tensor& p_slope, const Tensor& out, const Tensor& qkv,
+                                  const Tensor& pre, const Tensor& p_factor, const Tensor& out, const Tensor& qkv,
                                   const Tensor& attention, const Tensor& hidden_weight_t, const Tensor& qkv_weight_t,
                                   const Tensor& out_weight_t, const Tensor& keep, int64_t comm_heads,
                                   int64_t comm_key, int64_t comm_value, bool communication) {
-  check_contiguous({&dh, &dc, &grad_outputs, &keys, &values, &mask, &unmask, &forget, &cell_to_c, &pre, &p_slope,
+  check_contiguous({&dh, &dc, &grad_outputs, &keys, &values, &mask, &unmask, &forget, &cell_to_c, &pre, &p_factor,
                     &out, &qkv, &attention, &keep});
   // hidden_weight_t is (K, NP, U): the sizes come from its transpose.
   Sizes s =
@@ -731,7 +800,7 @@ std::vector<Tensor> backward_loop(const Tensor& dh, const Tensor& dc, const Tens
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "rims_backward_loop", [&] {
     result = backward_impl<scalar_t>(dh.clone(), dc.clone(), grad_outputs, keys, values, weight_ih_t, mask, unmask,
-                                     forget, cell_to_c, pre, p_slope, out, qkv, attention, hidden_weight_t,
+                                     forget, cell_to_c, pre, p_factor, out, qkv, attention, hidden_weight_t,
                                      qkv_weight_t, out_weight_t, keep, reset, s);
   });
   return result;
