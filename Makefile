@@ -64,9 +64,11 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench_core.py
 
-# End-to-end PPO throughput on Pong: feed-forward, stock CnnLstmPolicy, our LSTM and RIMs policies.
+# End-to-end PPO throughput on Pong: feed-forward, stock CnnLstmPolicy, our LSTM and RIMs policies (the
+# packaged config's), and both reading input sets; then our policies on the MiniGrid task.
 bench-train: install
-	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_train.py --sets
+	$(BIN)/python benchmarks/bench_train.py --sets --config minigrid/pickup.yaml
 
 # Both benchmarks, this checkout against another version side by side (alternating runs, medians, noise):
 # make bench-compare BASE=<git revision> (default: the previous commit). The other version is checked out

@@ -181,6 +181,8 @@ def _visualize(args: argparse.Namespace) -> int:
     print(f"{result['steps']} steps, return {result['return']:.2f}; frames: {result['gif']}")
     if "png" in result:
         print(f"active units per step: {result['png']} (mean {result['active_per_step']:.2f} active)")
+        if "attention_png" in result:
+            print(f"where each unit's input attention falls: {result['attention_png']}")
     else:
         print("the core is not RIMs: frames only")
     return 0

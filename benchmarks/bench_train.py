@@ -7,9 +7,12 @@ warm-up iteration each, the agents take turns for ``--iterations`` rounds; the t
 agent's steps/s (from its median iteration), the ratios, and the median seconds of an iteration's two
 phases: collecting the rollout and the update (epochs of minibatch gradient steps). ``--python-loop``
 adds a fifth agent, the RIMs policy with the compiled time loop off (``RIMS_RL_NATIVE=0`` during its
-turns), to measure what the compiled loop gives in the same run.
+turns), to measure what the compiled loop gives in the same run. ``--sets`` adds the RIMs and LSTM policies
+reading input sets (``policy_kwargs.features: set``: 49 rows of the Nature CNN's last map on Atari),
+compared with the RIMs policy reading one row. ``--config minigrid/pickup.yaml`` measures our policies on
+the MiniGrid task (SB3's feed-forward and stock agents need images, so they are left out there).
 
-    python benchmarks/bench_train.py [--env Pong] [--iterations 3] [--python-loop] [--output docs/bench_train.md]
+    python benchmarks/bench_train.py [--env Pong] [--iterations 3] [--python-loop] [--sets] [--output FILE]
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from rims_rl.agents.config import to_dict
 from rims_rl.agents.train import build_model, resolve_config, schedule
 from rims_rl.envs import make_env
 
-PYTHON_LOOP = "RimsPPO RimsCnnPolicy, Python time loop (RIMS_RL_NATIVE=0)"
+FEED_FORWARD = "PPO CnnPolicy (feed-forward)"
+STOCK = "RecurrentPPO CnnLstmPolicy (stock)"
+ONE_ROW = "RimsPPO, our RIMs policy"
+PYTHON_LOOP = "RimsPPO, our RIMs policy, Python time loop (RIMS_RL_NATIVE=0)"
 
 
 class CollectionTimer(BaseCallback):
@@ -61,29 +67,38 @@ def one_iteration(model, native: bool = True) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="Pong")
+    parser.add_argument("--config", default="atari/ppo_rims.yaml", help="training config (default: %(default)s)")
+    parser.add_argument("--env", help="environment (default: the config's)")
     parser.add_argument("--iterations", type=int, default=5, help="timed PPO iterations per agent")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--python-loop", action="store_true", help="also time RIMs with the compiled loop off")
+    parser.add_argument("--sets", action="store_true", help="also time the RIMs and LSTM policies on input sets")
     parser.add_argument("--output", help="also write the Markdown table to this file")
     args = parser.parse_args()
 
-    config = resolve_config("atari/ppo_rims.yaml", [("env.id", args.env), ("run.device", args.device)])
-    lstm_config = resolve_config(
-        "atari/ppo_rims.yaml", [("env.id", args.env), ("run.device", args.device), ("policy", "lstm")]
-    )
+    base = [("run.device", args.device)] + ([("env.id", args.env)] if args.env else [])
+
+    def ours(*overrides):
+        return resolve_config(args.config, [*base, *overrides])
+
+    config = ours()
     hyper = {key: schedule(value) for key, value in to_dict(config.ppo).items() if value is not None}
     device = torch.device(args.device)
-    agents = {
-        "PPO CnnPolicy (feed-forward)": lambda env: PPO("CnnPolicy", env, device=device, seed=0, **hyper),
-        "RecurrentPPO CnnLstmPolicy (stock)": lambda env: RecurrentPPO(
-            "CnnLstmPolicy", env, device=device, seed=0, **hyper
-        ),
-        "RimsPPO LstmCnnPolicy (ours, LSTM 600)": lambda env: build_model(lstm_config, env, device),
-        "RimsPPO RimsCnnPolicy (ours, 6x100 k4)": lambda env: build_model(config, env, device),
-    }
+    images = config.policy_kwargs.features_extractor == "nature_cnn"
+    agents = {}
+    if images:
+        agents[FEED_FORWARD] = lambda env: PPO("CnnPolicy", env, device=device, seed=0, **hyper)
+        agents[STOCK] = lambda env: RecurrentPPO("CnnLstmPolicy", env, device=device, seed=0, **hyper)
+    lstm = ours(("policy", "lstm"))
+    agents["RimsPPO, our LSTM policy"] = lambda env: build_model(lstm, env, device)
+    agents[ONE_ROW] = lambda env: build_model(config, env, device)
     if args.python_loop:
         agents[PYTHON_LOOP] = lambda env: build_model(config, env, device)
+    if args.sets:
+        sets = ours(("policy_kwargs.features", "set"))
+        lstm_sets = ours(("policy_kwargs.features", "set"), ("policy", "lstm"))
+        agents["RimsPPO, our RIMs policy, input set"] = lambda env: build_model(sets, env, device)
+        agents["RimsPPO, our LSTM policy, input set flattened"] = lambda env: build_model(lstm_sets, env, device)
     # All agents live side by side and take turns, one iteration each per round, so drifts in the
     # machine's speed hit them alike; each agent's rate comes from its median iteration.
     envs = {name: make_env(config.env.settings(), seed=0) for name in agents}
@@ -105,21 +120,25 @@ def main() -> None:
     collect = {name: statistics.median(part for _, part in runs) for name, runs in times.items()}
     update = {name: statistics.median(total - part for total, part in runs) for name, runs in times.items()}
 
-    stock = results["RecurrentPPO CnnLstmPolicy (stock)"]
-    feed_forward = results["PPO CnnPolicy (feed-forward)"]
+    def ratio(rate: float, to: str) -> str:
+        return f"{rate / results[to]:.2f}x" if to in results else "-"
+
+    backend = f" ({config.env.options['backend']} backend)" if "backend" in config.env.options else ""
     lines = [
-        f"{args.env}, {config.env.n_envs} envs ({config.env.options['backend']} backend), n_steps "
-        f"{config.ppo.n_steps}, {config.ppo.n_epochs} epochs, batch {config.ppo.batch_size}; "
-        f"torch {torch.__version__} on {args.device} ({platform.machine()}, {torch.get_num_threads()} threads); "
-        f"median of {args.iterations} timed iterations per agent, agents taking turns, after one warm-up.",
+        f"{config.env.id}, {config.env.n_envs} envs{backend}, n_steps "
+        f"{config.ppo.n_steps}, {config.ppo.n_epochs} epochs, batch {config.ppo.batch_size}, critic "
+        f"{config.policy_kwargs.critic_core}; torch {torch.__version__} on {args.device} ({platform.machine()}, "
+        f"{torch.get_num_threads()} threads); median of {args.iterations} timed iterations per agent, agents "
+        "taking turns, after one warm-up. The RIMs policy is the config's core.",
         "",
-        "| agent | env steps/s | vs stock CnnLstmPolicy | vs feed-forward PPO | collect s | update s |",
-        "|---|---|---|---|---|---|",
+        "| agent | env steps/s | vs stock CnnLstmPolicy | vs feed-forward PPO | iteration vs RIMs one row "
+        "| collect s | update s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, rate in results.items():
         lines.append(
-            f"| {name} | {rate:.0f} | {rate / stock:.2f}x | {rate / feed_forward:.2f}x "
-            f"| {collect[name]:.2f} | {update[name]:.2f} |"
+            f"| {name} | {rate:.0f} | {ratio(rate, STOCK)} | {ratio(rate, FEED_FORWARD)} "
+            f"| {results[ONE_ROW] / rate:.2f}x | {collect[name]:.2f} | {update[name]:.2f} |"
         )
     print("\n".join(lines))
     if args.output:

@@ -109,8 +109,18 @@ class SetExtractor(BaseFeaturesExtractor):
         super().__init__(observation_space, set_size * row_size)
         self.set_size, self.row_size = set_size, row_size
 
+    #: (height, width) of the rows that lie on a grid (a view's cells, a feature map's positions), the first
+    #: ``height * width`` rows; the rows after them (a mission) lie on no grid.
+    grid_shape: tuple[int, int] = (0, 0)
+
     def rows(self, features: torch.Tensor) -> torch.Tensor:
         return features.unflatten(-1, (self.set_size, self.row_size))
+
+    def as_grid(self, per_row: torch.Tensor) -> torch.Tensor:
+        """A value per row ``(..., set_size)`` laid out as an image of the grid rows ``(..., height, width)``
+        (row 0 at the top), for plots of where attention falls."""
+        height, width = self.grid_shape
+        return per_row[..., : height * width].unflatten(-1, (height, width))
 
 
 class MiniGridSetExtractor(SetExtractor):
@@ -132,12 +142,18 @@ class MiniGridSetExtractor(SetExtractor):
         view, vocabulary, length = _minigrid_sizes(type(self).__name__, observation_space)
         super().__init__(observation_space, view * view + 1, row_size)
         self.view = view
+        self.grid_shape = (view, view)
         self.cells = nn.Embedding(sum(_CODE_SIZES), row_size)
         self.register_buffer("offsets", torch.tensor([0, _CODE_SIZES[0], _CODE_SIZES[0] + _CODE_SIZES[1]]))
         self.positions = nn.Parameter(torch.randn(view * view, row_size) * 0.1)
         self.cell_rows = nn.Sequential(nn.Linear(row_size, row_size), nn.ReLU())
         self.words = nn.Embedding(vocabulary, word_embedding, padding_idx=0)
         self.mission = nn.Sequential(nn.Linear(length * word_embedding, row_size), nn.ReLU())
+
+    def as_grid(self, per_row: torch.Tensor) -> torch.Tensor:
+        # MiniGrid's image is indexed (x, y), so row x * V + y; an image is (y, x): the agent at the bottom
+        # centre, facing up, as MiniGrid draws its point of view.
+        return super().as_grid(per_row).transpose(-1, -2)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         cells = _embed_cells(self.cells, self.offsets, observations["image"], self.view).flatten(1, 2)
@@ -162,6 +178,7 @@ class ImageSetExtractor(SetExtractor):
         with torch.no_grad():
             channels, height, width = cnn(torch.zeros(1, *observation_space.shape)).shape[1:]
         super().__init__(observation_space, height * width, channels + 2)
+        self.grid_shape = (height, width)
         self.cnn = cnn
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
         self.register_buffer("coordinates", torch.stack([xs, ys], dim=-1).view(1, height * width, 2))

@@ -164,3 +164,40 @@ def test_image_set_policy_training_path_reproduces_collection():
 def test_vector_policy_defaults_are_unchanged():
     policy = LstmPolicy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), lambda _: 1e-3)
     assert policy.features == "vector" and policy.core_rows is None
+
+
+def test_minigrid_grid_is_the_agents_point_of_view():
+    """``as_grid`` lays the cell rows out as MiniGrid draws its point of view: the agent's cell at the bottom
+    centre, what is ahead above it."""
+    env = MissionIds(make_pickup_env("train"), mission_length=8)
+    extractor = MiniGridSetExtractor(env.observation_space)
+    for seed in range(5):
+        obs, _ = env.reset(seed=seed)
+        per_row = torch.as_tensor(np.append(obs["image"].reshape(49, 3)[:, 0], 0))  # object codes, then the mission
+        view = env.unwrapped.gen_obs()["image"][:, :, 0]  # MiniGrid's (x, y) grid of object codes
+        np.testing.assert_array_equal(extractor.as_grid(per_row).numpy(), view.T)
+    space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    image = ImageSetExtractor(space)
+    rows = image.rows(image(torch.rand(1, 4, 84, 84)))[0]
+    x, y = image.as_grid(rows[:, 64]), image.as_grid(rows[:, 65])
+    assert (x.diff(dim=1) > 0).all() and (y.diff(dim=0) > 0).all()  # x grows to the right, y downwards
+
+
+def test_visualize_draws_where_each_unit_looks(tmp_path):
+    from rims_rl.agents.train import resolve_config, train
+    from rims_rl.agents.visualize import visualize_run
+    from tests.helpers import pairs
+
+    settings = pairs(
+        "policy_kwargs.features=set", "env.n_envs=2", "ppo.n_steps=16", "ppo.batch_size=32", "ppo.n_epochs=1",
+        "run.progress=false", "run.eval_every=0", "total_steps=32", f"run.out={tmp_path}",
+    )  # fmt: skip
+    train(resolve_config("minigrid/pickup.yaml", settings))
+    run = tmp_path / "RimsRL-Pickup-v0" / "ppo-rims" / "seed0"
+    result = visualize_run(run, distractors="novel")
+    assert result["steps"] > 0 and (run / "visualize" / "episode.gif").stat().st_size > 0
+    assert (run / "visualize" / "attention.png").stat().st_size > 0 and (run / "visualize" / "activations.png").exists()
+    # A one-row RIMs policy draws activations but no attention over a view.
+    train(resolve_config("minigrid/pickup.yaml", [*settings[1:], ("run.label", "vector")]))
+    result = visualize_run(tmp_path / "RimsRL-Pickup-v0" / "vector" / "seed0")
+    assert "png" in result and "attention_png" not in result
