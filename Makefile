@@ -90,10 +90,11 @@ copying: install
 	$(BIN)/rims-rl sweep --config sweeps/copying_table5.yaml
 	$(BIN)/rims-rl sweep --config sweeps/copying_forget_bias.yaml
 
-# RIMs vs LSTM on MiniGrid pickup with known and novel distractors (paper Fig. 5): 3 seeds each,
-# results table and bar plot in runs/experiments/distractors/. Finished runs are reused.
+# RIMs (reading an input set, and one row) vs LSTM on MiniGrid pickup with known, novel and crowded
+# distractors (paper Fig. 5): 3 seeds each, two runs at a time (configs/sweeps/pickup_sets.yaml); results
+# table and bar plot in runs/experiments/pickup-sets/. Finished runs are reused, unfinished ones resumed.
 experiment-distractors: install
-	$(BIN)/rims-rl experiment-distractors --out runs/experiments/distractors
+	$(BIN)/rims-rl experiment-distractors
 
 # HalfCheetah imitation from pixels under joint noise (paper Table 6): expert, dataset, BC, evaluation.
 imitation: install

@@ -198,14 +198,19 @@ def _show_table(result: dict) -> int:
 def _experiment(args: argparse.Namespace) -> int:
     from rims_rl.agents.distractors import run_distractors
 
-    result = run_distractors(
-        args.config,
-        seeds=args.seeds,
-        policies=args.policies,
-        episodes=args.episodes,
-        out=args.out,
-        overrides=_overrides(args, [("total_steps", "total_steps"), ("device", "run.device")]),
-    )
+    try:
+        result = run_distractors(
+            args.config,
+            out=args.out,
+            seeds=args.seeds,
+            variants=args.variants,
+            episodes=args.episodes,
+            overrides=_overrides(args, [("total_steps", "total_steps"), ("device", "run.device")]),
+            workers=args.workers,
+        )
+    except KeyboardInterrupt:
+        print("rims-rl experiment-distractors: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     return _show_table(result)
 
 
@@ -402,22 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiment = commands.add_parser(
         "experiment-distractors",
-        parents=[_config_parent("minigrid/pickup.yaml"), device],
-        help="RIMs vs LSTM on MiniGrid pickup: train seeds, evaluate known and novel distractors, table + plot",
-        description="Train each policy and seed on the train split, evaluate on known and novel distractors; "
-        "write results.csv, results.md and results.png. Finished runs are reused, unfinished ones resumed.",
+        parents=[_config_parent("sweeps/pickup_sets.yaml", "e.g. --set total_steps=500000"), device],
+        help="RIMs (input set and one row) vs LSTM on MiniGrid pickup: train, evaluate known, novel and crowded "
+        "distractors, table + plot",
+        description="Train the sweep's runs (--config: a sweep file) on the train split, side by side; evaluate "
+        "each on known, novel and crowded distractors; write results.csv, results.md and results.png in the "
+        "sweep's out. Finished runs are reused, unfinished ones resumed.",
     )
-    experiment.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    experiment.add_argument(
-        "--policies", nargs="+", choices=["rims", "lstm"], default=["rims", "lstm"], help="cores (default: both)"
-    )
-    experiment.add_argument("--total-steps", type=int, help="training steps per run (default: the config's)")
+    experiment.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the sweep's)")
+    experiment.add_argument("--variants", nargs="+", help="variants of the sweep to run (default: all)")
+    experiment.add_argument("--total-steps", type=int, help="training steps per run (default: the sweep's)")
     experiment.add_argument(
         "--episodes", type=int, default=200, help="evaluation episodes per run and split (default: %(default)s)"
     )
-    experiment.add_argument(
-        "--out", default="runs/experiments/distractors", help="output folder (default: %(default)s)"
-    )
+    experiment.add_argument("--out", help="output folder (default: the sweep's out)")
+    experiment.add_argument("--workers", type=int, help="runs at a time (default: the sweep's)")
     experiment.set_defaults(handler=_experiment)
 
     imitation = commands.add_parser(

@@ -253,18 +253,22 @@ def test_standard_babyai_id_trains_through_the_same_cli(tmp_path):
 
 def test_experiment_writes_table_and_plot(tmp_path):
     out = tmp_path / "experiment"
-    args = ["--seeds", "0", "1", "--total-steps", "64", "--episodes", "4", "--out", str(out)]
-    result = cli("experiment-distractors", *args, *TINY[2:], timeout=600)
+    args = ["--seeds", "0", "1", "--variants", "rims-set", "lstm", "--total-steps", "64", "--episodes", "4"]
+    result = cli("experiment-distractors", *args, "--out", str(out), *TINY[2:], timeout=600)
     assert result.returncode == 0, result.stderr
     with open(out / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert {(r["policy"], r["seed"], r["split"]) for r in rows} == {
-        (p, s, split) for p in ("rims", "lstm") for s in ("0", "1") for split in ("known", "novel")
+    assert {(r["variant"], r["seed"], r["split"]) for r in rows} == {
+        (v, s, split) for v in ("rims-set", "lstm") for s in ("0", "1") for split in ("known", "novel", "crowded")
     }
-    assert all(int(r["episodes"]) == 4 for r in rows)
+    assert all(int(r["episodes"]) == 4 and float(r["wilson_low"]) <= float(r["success_rate"]) for r in rows)
     table = (out / "results.md").read_text()
-    assert "| rims | novel |" in table and "| lstm | known |" in table
+    assert "| rims-set | novel |" in table and "| lstm | known |" in table and "| rims-set | " in table.split("Drop")[1]
     assert (out / "results.png").stat().st_size > 0
+    config = (out / "RimsRL-Pickup-v0" / "rims-set" / "seed0" / "config.yaml").read_text()
+    assert "features: set" in config
     # A second call reuses the finished runs instead of training again.
-    again = cli("experiment-distractors", *args, *TINY[2:], timeout=600)
-    assert again.returncode == 0 and "rims seed 0: done" in again.stdout
+    again = cli("experiment-distractors", *args, "--out", str(out), *TINY[2:], timeout=600)
+    assert again.returncode == 0 and "done" in again.stdout and "trained" not in again.stdout
+    bad = cli("experiment-distractors", "--variants", "gru", "--out", str(out))
+    assert_one_line_error(bad, "--variants: gru not in sweeps/pickup_sets.yaml")
