@@ -17,6 +17,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -236,6 +237,108 @@ void gemm<float>(const float* x, int64_t B, const Panels<float>& w, int64_t unit
   }
 }
 
+// An input set's attention for one unit and batch entry, forward and backward, over R rows (the null row's
+// zero key and value among them): the per-step work a set adds. Written once over vdot / vaxpy, which are
+// eight-wide vector code for float and plain loops for double; the float bodies get an AVX2 clone.
+RIMS_INLINE float vdot(const float* a, const float* b, int64_t n) {
+  v8 acc = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc += load8(a + i) * load8(b + i);
+  float lanes[8];
+  store8(lanes, acc);
+  float sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+RIMS_INLINE double vdot(const double* a, const double* b, int64_t n) { return dot(a, b, n); }
+
+// y += a x
+RIMS_INLINE void vaxpy(float* y, float a, const float* x, int64_t n) {
+  const v8 scale = splat(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) store8(y + i, load8(y + i) + scale * load8(x + i));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+RIMS_INLINE void vaxpy(double* y, double a, const double* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// Forward: each head's softmax over the rows' scores (query . key) into att (H, R), and the attention-weighted
+// values into read (H dv). keys (R, H, dk), values (R, H dv).
+template <typename T>
+RIMS_INLINE void set_read_body(const T* query, const T* keys, const T* values, int64_t R, int64_t H, int64_t dk,
+                               int64_t dv, T* att, T* read) {
+  const int64_t HV = H * dv;
+  std::fill(read, read + HV, T(0));
+  for (int64_t h = 0; h < H; ++h) {
+    T* a = att + h * R;
+    T top = -std::numeric_limits<T>::infinity();
+    for (int64_t n = 0; n < R; ++n) {
+      a[n] = vdot(query + h * dk, keys + (n * H + h) * dk, dk);
+      top = std::max(top, a[n]);
+    }
+    T total = 0;
+    for (int64_t n = 0; n < R; ++n) {
+      a[n] = std::exp(a[n] - top);
+      total += a[n];
+    }
+    for (int64_t n = 0; n < R; ++n) {
+      a[n] /= total;
+      vaxpy(read + h * dv, a[n], values + n * HV + h * dv, dv);
+    }
+  }
+}
+
+// Backward: from the read-out's gradient d_read (H dv), the scores' gradients ds (H, R) through each head's
+// softmax, and the query's gradient d_query (H dk) over the rows' keys.
+template <typename T>
+RIMS_INLINE void set_read_backward_body(const T* d_read, const T* att, const T* keys, const T* values, int64_t R,
+                                        int64_t H, int64_t dk, int64_t dv, T* ds, T* d_query) {
+  const int64_t HV = H * dv;
+  for (int64_t h = 0; h < H; ++h) {
+    const T* a = att + h * R;
+    T* d = ds + h * R;
+    T weighted = 0;
+    for (int64_t n = 0; n < R; ++n) {
+      d[n] = vdot(d_read + h * dv, values + n * HV + h * dv, dv);
+      weighted += a[n] * d[n];
+    }
+    T* dq = d_query + h * dk;
+    std::fill(dq, dq + dk, T(0));
+    for (int64_t n = 0; n < R; ++n) {
+      d[n] = a[n] * (d[n] - weighted);
+      vaxpy(dq, d[n], keys + (n * H + h) * dk, dk);
+    }
+  }
+}
+
+RIMS_AVX2 void set_read_avx2(const float* query, const float* keys, const float* values, int64_t R, int64_t H,
+                             int64_t dk, int64_t dv, float* att, float* read) {
+  set_read_body(query, keys, values, R, H, dk, dv, att, read);
+}
+RIMS_AVX2 void set_read_backward_avx2(const float* d_read, const float* att, const float* keys, const float* values,
+                                      int64_t R, int64_t H, int64_t dk, int64_t dv, float* ds, float* d_query) {
+  set_read_backward_body(d_read, att, keys, values, R, H, dk, dv, ds, d_query);
+}
+
+template <typename T>
+void set_read(const T* query, const T* keys, const T* values, int64_t R, int64_t H, int64_t dk, int64_t dv, T* att,
+              T* read) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (kAvx2) return set_read_avx2(query, keys, values, R, H, dk, dv, att, read);
+  }
+  set_read_body(query, keys, values, R, H, dk, dv, att, read);
+}
+
+template <typename T>
+void set_read_backward(const T* d_read, const T* att, const T* keys, const T* values, int64_t R, int64_t H,
+                       int64_t dk, int64_t dv, T* ds, T* d_query) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (kAvx2) return set_read_backward_avx2(d_read, att, keys, values, R, H, dk, dv, ds, d_query);
+  }
+  set_read_backward_body(d_read, att, keys, values, R, H, dk, dv, ds, d_query);
+}
+
 template <typename T>
 inline T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
@@ -425,28 +528,8 @@ std::vector<Tensor> forward_impl(const Tensor& keys, const Tensor& values, const
           continue;
         }
         // A set: each head's softmax over the R rows' scores, then its attention-weighted values.
-        const T* keys_tb = keys_p + (t * B + b) * R * H * dk;
-        const T* values_tb = values_p + (t * B + b) * R * HV;
-        std::fill(read_row, read_row + HV, T(0));
-        for (int64_t h = 0; h < H; ++h) {
-          T* a = pp + h * R;
-          T top = -std::numeric_limits<T>::infinity();
-          for (int64_t n = 0; n < R; ++n) {
-            a[n] = dot(pr + G + h * dk, keys_tb + (n * H + h) * dk, dk);
-            top = std::max(top, a[n]);
-          }
-          T total = 0;
-          for (int64_t n = 0; n < R; ++n) {
-            a[n] = std::exp(a[n] - top);
-            total += a[n];
-          }
-          T* read_head = read_row + h * dv;
-          for (int64_t n = 0; n < R; ++n) {
-            a[n] /= total;
-            const T* value = values_tb + n * HV + h * dv;
-            for (int64_t v = 0; v < dv; ++v) read_head[v] += a[n] * value[v];
-          }
-        }
+        set_read<T>(pr + G, keys_p + (t * B + b) * R * H * dk, values_p + (t * B + b) * R * HV, R, H, dk, dv, pp,
+                    read_row);
       }
       gemm<T>(readout_t + k * B * HV, B, w_ih, k, proj, NP, pre.data() + k * B * G);
       // the candidate's slot in act goes unused: one sigmoid over all four gates, as the Python loop
@@ -708,25 +791,8 @@ std::vector<Tensor> backward_impl(Tensor dh, Tensor dc, const Tensor& grad_outpu
           continue;
         }
         // A set: the softmax's backward per head, then the query's gradient over the rows' keys.
-        const T* keys_tb = keys_p + (t * B + b) * R * H * dk;
-        const T* values_tb = values_p + (t * B + b) * R * HV;
-        for (int64_t h = 0; h < H; ++h) {
-          const T* a = p_factor_p + ((t * KB + kb) * H + h) * R;
-          T* ds = dsc + (kb * H + h) * R;
-          const T* d_read = dread_t + kb * HV + h * dv;
-          T weighted = 0;
-          for (int64_t n = 0; n < R; ++n) {
-            ds[n] = dot(d_read, values_tb + n * HV + h * dv, dv);
-            weighted += a[n] * ds[n];
-          }
-          T* d_query = dp + G + h * dk;
-          std::fill(d_query, d_query + dk, T(0));
-          for (int64_t n = 0; n < R; ++n) {
-            ds[n] = a[n] * (ds[n] - weighted);
-            const T* key = keys_tb + (n * H + h) * dk;
-            for (int64_t d = 0; d < dk; ++d) d_query[d] += ds[n] * key[d];
-          }
-        }
+        set_read_backward<T>(dread_t + kb * HV, p_factor_p + (t * KB + kb) * H * R, keys_p + (t * B + b) * R * H * dk,
+                             values_p + (t * B + b) * R * HV, R, H, dk, dv, dsc + kb * H * R, dp + G);
       }
       gemm<T>(dproj_t + j * B * NP, B, w_hidden, j, d_mix_kept.data() + j * B * U, U, dhp + j * B * U);
       if (!reset.empty() && reset[t])
