@@ -4,6 +4,8 @@ Each shape times RIMs (6 units x 100, k_active 4, dropout off as in the RL confi
 ``nn.LSTM(600)`` on the same input, alternating the two so that machine noise hits both alike, and
 prints the median times and their ratio. The last column is RIMs again with the compiled CPU time loop
 off (``RIMS_RL_NATIVE=0``, the Python fused loop of ``rims_rl/loop.py``): what the compiled loop gives.
+The input-set shapes give RIMs 49 rows (the Nature CNN's 7x7 map, 64 channels and 2 coordinates) and the
+LSTM the same rows flattened, as the policies do.
 
     python benchmarks/bench_core.py [--repeats N] [--device cpu|cuda] [--output docs/bench.md]
 """
@@ -23,21 +25,26 @@ from torch import nn
 from rims_rl import RIMs
 from rims_rl.utils import resolve_device
 
-# (name, T, B, input width, with backward, RIMs dropout)
+# (name, T, B, input width, with backward, RIMs dropout, rows of an input set or None)
 SHAPES = [
-    ("training (T=128, B=2, in 512)", 128, 2, 512, True, 0.0),
-    ("training (T=128, B=4, in 512)", 128, 4, 512, True, 0.0),
-    ("acting (T=1, B=8, in 512)", 1, 8, 512, True, 0.0),
-    ("acting, no grad (T=1, B=8, in 512)", 1, 8, 512, False, 0.0),
-    ("copying task (T=71, B=64, in 10)", 71, 64, 10, True, 0.0),
+    ("training (T=128, B=2, in 512)", 128, 2, 512, True, 0.0, None),
+    ("training, input set (T=128, B=2, 49 rows of 66)", 128, 2, 66, True, 0.0, 49),
+    ("training (T=128, B=4, in 512)", 128, 4, 512, True, 0.0, None),
+    ("acting (T=1, B=8, in 512)", 1, 8, 512, True, 0.0, None),
+    ("acting, no grad (T=1, B=8, in 512)", 1, 8, 512, False, 0.0, None),
+    ("acting, no grad, input set (T=1, B=8, 49 rows of 66)", 1, 8, 66, False, 0.0, 49),
+    ("copying task (T=71, B=64, in 10)", 71, 64, 10, True, 0.0, None),
     # The copying experiment's own setting: the paper's dropout, live in training (autograd loop).
-    ("copying task, dropout 0.1 (T=71, B=64, in 10)", 71, 64, 10, True, 0.1),
+    ("copying task, dropout 0.1 (T=71, B=64, in 10)", 71, 64, 10, True, 0.1, None),
 ]
 
 
 def _timer(
     model: nn.Module, x: torch.Tensor, backward: bool, device: torch.device, native: bool = True
 ) -> Callable[[], float]:
+    if isinstance(model, nn.LSTM) and x.dim() == 4:  # an input set, flattened for the LSTM
+        x = x.flatten(2)
+
     def once() -> float:
         os.environ["RIMS_RL_NATIVE"] = "1" if native else "0"
         if device.type == "cuda":
@@ -57,13 +64,20 @@ def _timer(
 
 
 def measure(
-    steps: int, batch: int, width: int, backward: bool, dropout: float, repeats: int, device: torch.device
+    steps: int,
+    batch: int,
+    width: int,
+    backward: bool,
+    dropout: float,
+    repeats: int,
+    device: torch.device,
+    rows: int | None = None,
 ) -> dict:
     torch.manual_seed(0)
-    x = torch.randn(steps, batch, width, device=device)
+    x = torch.randn(steps, batch, *(() if rows is None else (rows,)), width, device=device)
     drop = {"input_dropout": dropout, "comm_dropout": dropout}
     models = {
-        "lstm": nn.LSTM(width, 600).to(device),
+        "lstm": nn.LSTM(width * (rows or 1), 600).to(device),
         # Dropout off, as in the RL configs, takes the fused time loop of rims_rl/loop.py; live dropout
         # (modules train by default) the per-step autograd loop.
         "rims": RIMs(width, 100, 6, 4, **drop).to(device),
@@ -100,8 +114,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
-    for name, steps, batch, width, backward, dropout in SHAPES:
-        times = measure(steps, batch, width, backward, dropout, args.repeats, device)
+    for name, steps, batch, width, backward, dropout, rows in SHAPES:
+        times = measure(steps, batch, width, backward, dropout, args.repeats, device, rows)
         lstm, rims, no_comm = times["lstm"], times["rims"], times["rims_no_comm"]
         python_loop = times["rims_python_loop"]
         kind = "fwd+bwd" if backward else "fwd"
