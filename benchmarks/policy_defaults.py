@@ -1,20 +1,29 @@
-"""The policies' defaults measured on memory tasks, against sb3-contrib's own recurrent policy.
+"""The policies' defaults measured on the memory suite, against sb3-contrib's own recurrent policy.
 
     python benchmarks/policy_defaults.py [--steps 100000] [--seeds 0 1 2] [--workers 2] [--out runs/defaults]
+        [--tasks ID ...] [--policies NAME ...] [--rows rows.yaml]
 
-Each policy is built exactly as a user would build it, with no ``policy_kwargs``, and trained by
-sb3-contrib's ``RecurrentPPO`` with the same PPO settings (8 envs x 128 steps, batch 256, 10 epochs,
-lr 7e-4) on two tasks that need memory:
+Each policy is built exactly as a user would build it, with no ``policy_kwargs`` unless its row says
+otherwise, and trained by sb3-contrib's ``RecurrentPPO`` with the same PPO settings (8 envs x 128 steps,
+batch 256, 10 epochs, lr 7e-4) on the memory suite (``rims_rl.envs.registration.MEMORY_SUITE``, also
+``configs/classic/memory.yaml`` for the CLI):
 
-- ``RimsRL/CartPoleNoVel-v1``: CartPole without velocities (return up to 500);
-- ``RimsRL/RepeatCard-v0``: name the card shown 4 steps ago (return in [-1, 1], -0.5 by guessing).
+- ``RimsRL/RepeatCard-v0``: name the card shown 4 steps ago (dense recall; -0.5 by guessing, 1 perfect);
+- ``RimsRL/HoldCue-v0`` / ``RimsRL/HoldCueLong-v0``: name the first card after 8 / 32 blank steps (long hold);
+- ``RimsRL/HoldCueDistract-v0``: the same through 8 random cards to ignore;
+- ``RimsRL/CartPoleNoVel-v1``: CartPole without velocities (22 by random play, 500 perfect).
+
+``--rows FILE`` adds rows of one's own: a YAML mapping of row name to ``[policy, policy_kwargs]`` (a policy
+is sb3-contrib's name or ``module:Class``), e.g. ``RIMs 6x16 k2: [rims_rl.policies:RimsPolicy, {rims_kwargs:
+{num_units: 6, unit_size: 16, k_active: 2}}]``; ``--policies`` picks rows by name.
 
 Rows: ``MlpLstmPolicy`` (sb3-contrib: LSTM 256, a critic LSTM of its own), our ``LstmPolicy`` and
 ``RimsPolicy`` with their defaults, both of ours with ``critic_core="shared"`` (the layout of the PPO code
 the paper used, our default before), RIMs with 2 of 4 units active (the default before), and the default
 LSTM with another Adam implementation (rounding only). Score: the mean return of 50 deterministic
 evaluation episodes after training. Each run is one process with one thread; results are cached per run
-in ``--out`` as JSON, so an interrupted measurement resumes. Prints a Markdown table (mean and per seed).
+in ``--out`` as JSON, so an interrupted measurement resumes with the runs it had not finished. Prints a
+Markdown table: per task and row, the mean over seeds with its 95% bootstrap CI over seeds, and each seed.
 
 ``--same-as-sb3 STEPS`` instead trains ``LstmPolicy`` and ``MlpLstmPolicy`` side by side for STEPS with
 these settings (CartPole without velocities, seed 0) and prints how far apart their parameters end up and
@@ -32,7 +41,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-TASKS = ("RimsRL/CartPoleNoVel-v1", "RimsRL/RepeatCard-v0")
+from rims_rl.envs.registration import MEMORY_SUITE
+
+TASKS = tuple(MEMORY_SUITE)
 POLICIES = {
     "sb3-contrib MlpLstmPolicy": ("MlpLstmPolicy", {}),
     "LstmPolicy (default)": ("rims_rl.policies:LstmPolicy", {}),
@@ -51,7 +62,7 @@ POLICIES = {
 PPO = {"n_steps": 128, "batch_size": 256, "n_epochs": 10, "learning_rate": 7e-4}
 
 
-def build(name: str, task: str, seed: int):
+def build(name: str, task: str, seed: int, rows: dict | None = None):
     """The ``RecurrentPPO`` of row ``name`` on ``task``: 8 envs, these PPO settings, one thread."""
     import importlib
 
@@ -62,7 +73,7 @@ def build(name: str, task: str, seed: int):
     import rims_rl.envs  # noqa: F401  (registers the tasks)
 
     torch.set_num_threads(1)
-    policy, kwargs = POLICIES[name]
+    policy, kwargs = {**POLICIES, **(rows or {})}[name]
     if ":" in policy:
         module, attribute = policy.split(":")
         policy = getattr(importlib.import_module(module), attribute)
@@ -70,7 +81,7 @@ def build(name: str, task: str, seed: int):
     return RecurrentPPO(policy, env, policy_kwargs=kwargs, seed=seed, device="cpu", **PPO)
 
 
-def train_one(task: str, name: str, seed: int, steps: int, out: str) -> dict:
+def train_one(task: str, name: str, seed: int, steps: int, out: str, rows: dict | None = None) -> dict:
     path = Path(out) / f"{task.replace('/', '-')}__{name.replace(' ', '_').replace(',', '')}__{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -78,7 +89,7 @@ def train_one(task: str, name: str, seed: int, steps: int, out: str) -> dict:
     from stable_baselines3.common.evaluation import evaluate_policy
 
     start = time.perf_counter()
-    model = build(name, task, seed).learn(steps)
+    model = build(name, task, seed, rows).learn(steps)
     evaluation = make_vec_env(task, n_envs=1, seed=seed + 10_000)
     mean, _ = evaluate_policy(model, evaluation, n_eval_episodes=50, deterministic=True)
     result = {
@@ -113,28 +124,65 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000, help="environment steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES))
+    parser.add_argument("--policies", nargs="+", help="rows to train, by name (default: every built-in row)")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="tasks (default: the suite)")
+    parser.add_argument("--rows", help="YAML file of extra rows: name -> [policy, policy_kwargs]")
     parser.add_argument("--out", default="runs/defaults", help="per-run JSON results (reused when present)")
     parser.add_argument("--same-as-sb3", type=int, metavar="STEPS", help="compare LstmPolicy with MlpLstmPolicy")
     options = parser.parse_args()
     if options.same_as_sb3:
         same_as_sb3(options.same_as_sb3)
         return
-    # Policy by policy, so that the rows listed first are complete first when time runs short.
-    jobs = [(task, name, seed) for name in options.policies for task in TASKS for seed in options.seeds]
+    rows = load_rows(options.rows) if options.rows else {}
+    names = options.policies or list(POLICIES) + list(rows)
+    unknown = [name for name in names if name not in {**POLICIES, **rows}]
+    if unknown:
+        parser.error(f"unknown rows {', '.join(unknown)}; known: {', '.join([*POLICIES, *rows])}")
+    # Row by row, so that the rows listed first are complete first when time runs short.
+    jobs = [(task, name, seed) for name in names for task in options.tasks for seed in options.seeds]
     with ProcessPoolExecutor(options.workers) as pool:
-        futures = [pool.submit(train_one, *job, options.steps, options.out) for job in jobs]
+        futures = [pool.submit(train_one, *job, options.steps, options.out, rows) for job in jobs]
         results = [future.result() for future in futures]
-    print(f"RecurrentPPO, {options.steps} steps per run, {PPO}, 8 envs; mean of 50 deterministic episodes\n")
-    print("| task | policy | mean over seeds | per seed | minutes per run |")
-    print("|---|---|---|---|---|")
-    for task in TASKS:
-        for name in options.policies:
-            mine = [r for r in results if r["task"] == task and r["policy"] == name]
-            returns = [r["return"] for r in sorted(mine, key=lambda r: r["seed"])]
+    print(table(results, options.tasks, names, options.steps))
+
+
+def load_rows(path: str) -> dict[str, tuple[str, dict]]:
+    """Rows of one's own from a YAML file: ``name: [policy, policy_kwargs]``."""
+    import yaml
+
+    with open(path) as handle:
+        rows = yaml.safe_load(handle)
+    if not isinstance(rows, dict) or not all(
+        isinstance(row, list) and len(row) == 2 and isinstance(row[0], str) and isinstance(row[1], dict)
+        for row in rows.values()
+    ):
+        raise SystemExit(f"{path}: expected a mapping of row name to [policy, policy_kwargs]")
+    return {str(name): (row[0], row[1]) for name, row in rows.items()}
+
+
+def table(results: list[dict], tasks, names, steps: int) -> str:
+    """The Markdown table of mean returns over seeds, with their 95% bootstrap CIs."""
+    from rims_rl.agents.stats import mean_ci
+
+    lines = [
+        f"RecurrentPPO, {steps} steps per run, {PPO}, 8 envs; mean of 50 deterministic episodes per run",
+        "",
+        "| task (random / perfect) | policy | mean over seeds | 95% CI over seeds | per seed | minutes per run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task in tasks:
+        scores = MEMORY_SUITE[task]
+        for name in names:
+            mine = sorted((r for r in results if r["task"] == task and r["policy"] == name), key=lambda r: r["seed"])
+            returns = [r["return"] for r in mine]
+            low, high = mean_ci(returns)
             minutes = statistics.mean(r["seconds"] for r in mine) / 60
             per_seed = " / ".join(f"{value:.2f}" for value in returns)
-            print(f"| {task} | {name} | {statistics.mean(returns):.2f} | {per_seed} | {minutes:.1f} |")
+            lines.append(
+                f"| {task} ({scores['random']:g} / {scores['perfect']:g}) | {name} | {statistics.mean(returns):.2f} "
+                f"| {low:.2f} to {high:.2f} | {per_seed} | {minutes:.1f} |"
+            )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

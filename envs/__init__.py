@@ -139,4 +139,6 @@ def make_env(config: dict[str, Any], seed: int, evaluation: bool = False, n_envs
         )
     if settings:
         raise ValueError(f"env settings {', '.join(sorted(settings))} apply to Atari games only")
-    return make_vec_env(config["id"], n_envs=n_envs, seed=seed, env_kwargs={"render_mode": render_mode})
+    # Only a render mode asked for: envs that draw nothing (ours among them) take no render_mode argument.
+    kwargs = {} if render_mode is None else {"render_mode": render_mode}
+    return make_vec_env(config["id"], n_envs=n_envs, seed=seed, env_kwargs=kwargs)

@@ -1,4 +1,4 @@
-"""Small memory tasks: CartPole without velocities (the demo's task) and a card recall task.
+"""Small memory tasks: CartPole without velocities (the demo's task), card recall, and holding a cue.
 
 CartPole without velocities: the agent sees the cart's position and the pole's angle but not their
 velocities, so it must infer them from the observations it remembers: a feed-forward policy cannot
@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
-__all__ = ["KeepObservations", "RepeatCard", "make_cartpole_no_velocity"]
+__all__ = ["HoldCue", "KeepObservations", "RepeatCard", "make_cartpole_no_velocity"]
 
 
 class KeepObservations(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
@@ -84,3 +84,52 @@ class RepeatCard(gym.Env):
         # that PPO does not bootstrap a value past it.
         terminated = t + 1 >= self.length
         return self._show(), reward, terminated, False, {}
+
+
+class HoldCue(gym.Env):
+    """Hold one cue across a span: the first observation shows one of ``cards`` cards, the last asks for it.
+
+    Step 0 shows the cue (one-hot card, cue flag on). ``hold`` steps follow: blank, or with ``distractors``
+    each showing a random card with the cue flag off (cards the agent must not confuse with the cue). Then
+    the recall step (recall flag on): the action taken there must name the cue, ``+1`` if right, ``-1`` if
+    wrong, and the episode ends; no other action scores. Observation: the ``cards`` one-hot entries, then
+    the cue flag and the recall flag. Return: 1 for perfect recall, ``(2 - cards) / cards`` in expectation
+    by guessing (-0.5 with 4 cards). Unlike :class:`RepeatCard`, what must be kept is one input, over a
+    long span in which nothing else matters.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(self, cards: int = 4, hold: int = 8, distractors: bool = False) -> None:
+        for name, value, least in (("cards", cards, 2), ("hold", hold, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer of at least {least}, got {value!r}")
+        if not isinstance(distractors, bool):
+            raise ValueError(f"distractors must be true or false, got {distractors!r}")
+        self.cards, self.hold, self.distractors = cards, hold, distractors
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (cards + 2,), np.float32)
+        self.action_space = gym.spaces.Discrete(cards)
+        self._cue = 0
+        self._t = 0
+
+    def _observation(self, card: int | None, cue: bool = False, recall: bool = False) -> np.ndarray:
+        observation = np.zeros(self.cards + 2, dtype=np.float32)
+        if card is not None:
+            observation[card] = 1.0
+        observation[self.cards], observation[self.cards + 1] = float(cue), float(recall)
+        return observation
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._cue, self._t = int(self.np_random.integers(self.cards)), 0
+        return self._observation(self._cue, cue=True), {}
+
+    def step(self, action):
+        if self._t > self.hold:  # the action answers the recall step
+            right = int(action) == self._cue
+            return self._observation(None), 1.0 if right else -1.0, True, False, {"recalled": right}
+        self._t += 1
+        if self._t > self.hold:
+            return self._observation(None, recall=True), 0.0, False, False, {}
+        card = int(self.np_random.integers(self.cards)) if self.distractors else None
+        return self._observation(card), 0.0, False, False, {}

@@ -13,6 +13,10 @@ __all__ = [
     "CARTPOLE_NO_VELOCITY_ID",
     "CHEETAH_PIXELS_ID",
     "EVAL_SPLITS",
+    "HOLD_CUE_DISTRACT_ID",
+    "HOLD_CUE_ID",
+    "HOLD_CUE_LONG_ID",
+    "MEMORY_SUITE",
     "PICKUP_ID",
     "PICKUP_IDS",
     "PICKUP_PREFIX",
@@ -34,6 +38,20 @@ _ENTRY = "rims_rl.envs.minigrid:make_pickup_env"
 CARTPOLE_NO_VELOCITY_ID = "RimsRL/CartPoleNoVel-v1"
 # Name the card shown 4 steps ago (rims_rl.envs.classic.RepeatCard): remembering a specific past input.
 REPEAT_CARD_ID = "RimsRL/RepeatCard-v0"
+_HOLD = "rims_rl.envs.classic:HoldCue"
+# Hold a cue across a span and name it at the end (rims_rl.envs.classic.HoldCue): one input kept long.
+HOLD_CUE_ID = "RimsRL/HoldCue-v0"  # 8 blank steps between the cue and the recall
+HOLD_CUE_LONG_ID = "RimsRL/HoldCueLong-v0"  # 32 blank steps: 4x longer
+HOLD_CUE_DISTRACT_ID = "RimsRL/HoldCueDistract-v0"  # 8 steps of random cards the agent must ignore
+# The memory suite (issue 28): dense recall, a long hold at two lengths, a hold through distractors,
+# and CartPole without velocities; each with its score by guessing and its best score.
+MEMORY_SUITE = {
+    "RimsRL/RepeatCard-v0": {"kind": "dense recall", "random": -0.5, "perfect": 1.0},
+    HOLD_CUE_ID: {"kind": "long hold", "random": -0.5, "perfect": 1.0},
+    HOLD_CUE_LONG_ID: {"kind": "long hold, 4x longer", "random": -0.5, "perfect": 1.0},
+    HOLD_CUE_DISTRACT_ID: {"kind": "hold through distractors", "random": -0.5, "perfect": 1.0},
+    "RimsRL/CartPoleNoVel-v1": {"kind": "inferring hidden state", "random": 22.0, "perfect": 500.0},
+}
 # HalfCheetah-v5 seen through stacked rendered frames (rims_rl.envs.mujoco), the imitation task's env.
 CHEETAH_PIXELS_ID = "RimsRL/HalfCheetahPixels-v0"
 
@@ -45,7 +63,16 @@ def is_pickup_id(env_id: str) -> bool:
 
 def ids() -> tuple[str, ...]:
     """Every id this package registers."""
-    return (PICKUP_ID, *PICKUP_IDS, CARTPOLE_NO_VELOCITY_ID, REPEAT_CARD_ID, CHEETAH_PIXELS_ID)
+    return (
+        PICKUP_ID,
+        *PICKUP_IDS,
+        CARTPOLE_NO_VELOCITY_ID,
+        REPEAT_CARD_ID,
+        HOLD_CUE_ID,
+        HOLD_CUE_LONG_ID,
+        HOLD_CUE_DISTRACT_ID,
+        CHEETAH_PIXELS_ID,
+    )
 
 
 def register() -> None:
@@ -59,6 +86,9 @@ def register() -> None:
             "reward_threshold": 475.0,
         },
         REPEAT_CARD_ID: {"entry_point": "rims_rl.envs.classic:RepeatCard"},
+        HOLD_CUE_ID: {"entry_point": _HOLD, "kwargs": {"hold": 8}},
+        HOLD_CUE_LONG_ID: {"entry_point": _HOLD, "kwargs": {"hold": 32}},
+        HOLD_CUE_DISTRACT_ID: {"entry_point": _HOLD, "kwargs": {"hold": 8, "distractors": True}},
         # gym.make's own max_episode_steps (default 1000, HalfCheetah's) goes around make_cheetah's limit.
         CHEETAH_PIXELS_ID: {"entry_point": "rims_rl.envs.mujoco:make_cheetah", "max_episode_steps": 1000},
     }

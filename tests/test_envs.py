@@ -16,7 +16,16 @@ import rims_rl.envs
 from rims_rl.envs.classic import KeepObservations
 from rims_rl.envs.minigrid import MissionIds
 from rims_rl.envs.mujoco import JointNoise, PixelObservation
-from rims_rl.envs.registration import CARTPOLE_NO_VELOCITY_ID, CHEETAH_PIXELS_ID, REPEAT_CARD_ID, ids
+from rims_rl.envs.registration import (
+    CARTPOLE_NO_VELOCITY_ID,
+    CHEETAH_PIXELS_ID,
+    HOLD_CUE_DISTRACT_ID,
+    HOLD_CUE_ID,
+    HOLD_CUE_LONG_ID,
+    MEMORY_SUITE,
+    REPEAT_CARD_ID,
+    ids,
+)
 
 SMALL_CHEETAH = {"size": 36, "frame_stack": 2, "max_episode_steps": 20}
 
@@ -106,3 +115,59 @@ def test_repeat_card_scores_recall_of_the_card_shown_delay_steps_ago():
     assert play_repeat_card(lag=1)[0] < 1.0  # the card of one step ago is not what scores
     with pytest.raises(ValueError, match="length must be an integer of at least 3"):
         gym.make(REPEAT_CARD_ID, delay=2, length=2)
+
+
+def play_hold(env_id: str, answer, seed: int = 0) -> tuple[float, int, list]:
+    """One episode of a HoldCue id, answering the recall with ``answer(cue)``; the return, the number of
+    actions taken and every observation."""
+    env = gym.make(env_id)
+    observation, _ = env.reset(seed=seed)
+    cue = int(observation[:4].argmax())
+    observations, total, actions, done = [observation], 0.0, 0, False
+    while not done:
+        recall = observations[-1][5] == 1.0
+        observation, reward, terminated, truncated, _ = env.step(answer(cue) if recall else 0)
+        observations.append(observation)
+        total, actions, done = total + reward, actions + 1, terminated or truncated
+        assert recall or reward == 0.0  # only the recall step scores
+    return total, actions, observations
+
+
+@pytest.mark.parametrize(("env_id", "hold"), [(HOLD_CUE_ID, 8), (HOLD_CUE_LONG_ID, 32), (HOLD_CUE_DISTRACT_ID, 8)])
+def test_hold_cue_scores_only_the_recall_of_the_first_card(env_id, hold):
+    for seed in range(10):
+        total, actions, observations = play_hold(env_id, lambda cue: cue, seed)
+        assert total == 1.0 and actions == hold + 2
+        first, middle, recall = observations[0], observations[1 : hold + 1], observations[hold + 1]
+        assert first[4] == 1.0 and first[:4].sum() == 1.0 and first[5] == 0.0
+        assert recall[5] == 1.0 and recall[:5].sum() == 0.0
+        assert all(o[4] == 0.0 and o[5] == 0.0 for o in middle)
+        distracted = [o[:4].sum() == 1.0 for o in middle]
+        assert all(distracted) if env_id == HOLD_CUE_DISTRACT_ID else not any(distracted)
+        assert play_hold(env_id, lambda cue: (cue + 1) % 4, seed)[0] == -1.0
+    # Guessing scores (2 - cards) / cards = -0.5 in expectation, the suite's documented random score.
+    guesses = [play_hold(env_id, lambda cue: 0, seed)[0] for seed in range(400)]
+    assert abs(np.mean(guesses) - MEMORY_SUITE[env_id]["random"]) < 0.15
+
+
+def test_memory_suite_ids_pass_both_checkers_and_say_their_scores():
+    assert set(MEMORY_SUITE) <= set(ids())
+    for env_id, scores in MEMORY_SUITE.items():
+        assert scores["random"] < scores["perfect"]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*infinity.*")  # CartPole's own unbounded Box
+            gymnasium_check_env(gym.make(env_id).unwrapped)
+            sb3_check_env(gym.make(env_id))
+    with pytest.raises(ValueError, match="hold must be an integer of at least 0"):
+        gym.make(HOLD_CUE_ID, hold=-1)
+
+
+def test_suite_tasks_build_through_the_config_path():
+    """``make_env`` (what ``rims-rl train --env`` runs) builds every task of the suite: envs that draw nothing
+    get no render_mode argument."""
+    from rims_rl.envs import make_env
+
+    for env_id in MEMORY_SUITE:
+        env = make_env({"id": env_id, "n_envs": 2}, seed=0)
+        assert env.num_envs == 2 and env.reset().shape == (2, *gym.make(env_id).observation_space.shape)
+        env.close()
