@@ -272,3 +272,47 @@ def test_experiment_writes_table_and_plot(tmp_path):
     assert again.returncode == 0 and "done" in again.stdout and "trained" not in again.stdout
     bad = cli("experiment-distractors", "--variants", "gru", "--out", str(out))
     assert_one_line_error(bad, "--variants: gru not in sweeps/pickup_sets.yaml")
+
+
+def test_each_registered_id_builds_its_own_split():
+    """``RimsRL/Pickup-<Split>-v0`` draws the distractors of that split: with a distinct count per split,
+    the count tells which split an id built."""
+    from rims_rl.envs.registration import PICKUP_IDS
+
+    counts = {"train": 1, "known": 2, "novel": 3, "crowded": 4}
+    splits = {split: [{"pool": "A", "count": [n, n]}] for split, n in counts.items()}
+    assert set(PICKUP_IDS.values()) == set(counts)
+    for env_id, split in PICKUP_IDS.items():
+        env = gym.make(env_id, splits=splits)
+        env.reset(seed=0)
+        assert len(env.unwrapped.distractors) == counts[split], env_id
+
+
+def test_evaluate_counts_a_success_only_for_a_positive_return_and_plays_the_asked_seed(tmp_path, monkeypatch):
+    import rims_rl.agents.evaluate as evaluate_module
+    from rims_rl.agents.train import resolve_config, train
+    from tests.helpers import pairs
+
+    settings = pairs(
+        "env.n_envs=2", "ppo.n_steps=16", "ppo.batch_size=32", "ppo.n_epochs=1", "run.progress=false",
+        "run.eval_every=0", "total_steps=32", f"run.out={tmp_path}", "run.seed=3",
+    )  # fmt: skip
+    train(resolve_config("minigrid/pickup.yaml", settings))
+    run = tmp_path / "RimsRL-Pickup-v0" / "ppo-rims" / "seed3"
+    first = []
+    real = evaluate_module.evaluate_policy
+
+    def fixed(model, env, n_eval_episodes, **kwargs):
+        first.append(env.reset()["image"].copy())  # the first episode's view: which seed the env plays
+        return [0.0, 0.55, 0.0, 0.91], [64, 20, 64, 5]
+
+    monkeypatch.setattr(evaluate_module, "evaluate_policy", fixed)
+    result = evaluate_run(run, episodes=4, seed=77)
+    assert result["success_rate"] == 0.5  # the failed pickups (return 0) are not successes
+    evaluate_run(run, episodes=4, seed=78)
+    evaluate_run(run, episodes=4, seed=77)
+    monkeypatch.setattr(evaluate_module, "evaluate_policy", real)
+    expected = make_env(resolve_config("minigrid/pickup.yaml", settings).env.settings(), 77, True, 4).reset()
+    np.testing.assert_array_equal(first[0], expected["image"])  # the asked seed, not the training seed
+    np.testing.assert_array_equal(first[2], first[0])
+    assert not np.array_equal(first[1], first[0])

@@ -206,3 +206,31 @@ def test_every_runner_takes_device_cuda_and_refuses_it_without_a_gpu(command, tm
     result = cli(*command, "--device", "cuda", "--out", str(tmp_path / "out"))
     assert_one_line_error(result, "no CUDA GPU is available")
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "accepted"),
+    [
+        ("ppo.gae_lambda", 1.0, True),
+        ("ppo.gae_lambda", 2.0, False),
+        ("ppo.gamma", 1.0, True),
+        ("ppo.gamma", 1e-9, True),
+        ("ppo.gamma", 0.0, False),  # the lower end is open
+        ("rims.input_dropout", 0.99, True),
+        ("rims.input_dropout", 1.0, False),  # the upper end is open
+        ("env.sticky_actions", 0.999, True),
+        ("env.sticky_actions", 1.0, False),
+        ("ppo.max_grad_norm", 1e9, True),
+        ("ppo.max_grad_norm", float("inf"), False),
+        ("ppo.max_grad_norm", float("nan"), False),
+    ],
+)
+def test_ranges_hold_at_their_ends(key, value, accepted):
+    """Each end of a range is open or closed as the schema says, and inf and nan are never in a range."""
+    from rims_rl.agents.config import ConfigError
+
+    if accepted:
+        resolve_config("atari/ppo_rims.yaml", [(key, value)])
+    else:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.") + " must be in"):
+            resolve_config("atari/ppo_rims.yaml", [(key, value)])
