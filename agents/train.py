@@ -318,6 +318,10 @@ def _train(config: TrainConfig, run_dir: Path, saved: dict[str, Any] | None) -> 
                 verbose=0,
                 warn=False,  # our Atari envs report full-game scores without SB3's Monitor
             )
+            if saved is not None:
+                # Its step counter goes on from the checkpoint, so that a resumed run evaluates at the same
+                # multiples of eval_every as one that never stopped.
+                evaluator.n_calls = start // env.num_envs
             earlier = run_dir / "evaluations.npz"
             if saved is not None and earlier.exists():
                 # EvalCallback rewrites evaluations.npz from its own lists: start them with the past, up to

@@ -402,3 +402,39 @@ def test_a_loaded_run_acts_on_the_seed_asked_for_not_its_training_seed(finished_
     asked = first_observation(12_345, loaded=True)
     np.testing.assert_array_equal(asked, first_observation(12_345, loaded=False))
     assert not np.array_equal(asked, first_observation(config.run.seed, loaded=False))
+
+
+def test_a_stop_mid_rollout_after_an_evaluation_leaves_each_step_once(tmp_path, monkeypatch):
+    """An evaluation in the middle of a rollout (eval_every 96, rollouts of 64 steps), then a stop: the
+    checkpoint is the rollout start (64), so the log row and the evaluation at 96 are of steps the resumed
+    run takes again. Neither may stay in the record: after the resume each step is logged once and each
+    evaluation is there once."""
+    import os
+    import signal
+
+    import rims_rl.agents.train as train_module
+    from rims_rl.agents.train import resolve_config, resume, train
+    from tests.helpers import pairs
+
+    class StopAfterEvaluating(train_module.EvalCallback):
+        def _on_step(self) -> bool:
+            result = super()._on_step()
+            if self.num_timesteps == 96 and self.evaluations_timesteps:
+                os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler's stop would send
+            return result
+
+    settings = [*SETTINGS, "run.eval_every=96", "run.checkpoint_every=1000", f"run.out={tmp_path}", "total_steps=192"]
+    config = resolve_config("classic/cartpole.yaml", pairs(*settings))
+    monkeypatch.setattr(train_module, "EvalCallback", StopAfterEvaluating)
+    train(config)  # stops at the signal, with a checkpoint
+    run = run_folder(tmp_path)
+    assert checkpoint_steps(run) == 64
+    assert all(step <= 64 for step in logged_steps(run))  # nothing past the checkpoint reached the log
+    with np.load(run / "evaluations.npz") as evaluations:
+        assert evaluations["timesteps"].tolist() == [96]  # written by SB3 at once: the resume must drop it
+    monkeypatch.setattr(train_module, "EvalCallback", StopAfterEvaluating.__mro__[1])
+    resume(run)
+    steps = logged_steps(run)
+    assert steps == sorted(set(steps)) and steps[-1] == 192
+    with np.load(run / "evaluations.npz") as evaluations:
+        assert evaluations["timesteps"].tolist() == [96, 192]
