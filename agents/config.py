@@ -348,16 +348,75 @@ def resolve_path(name: str | Path) -> Path:
     raise ConfigError(f"config not found: {name} (neither a file nor a packaged config)")
 
 
+# A config is a few KB; anything far larger is not one.
+MAX_YAML_BYTES = 1_000_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where a config needs it: a key given twice is an error (the last
+    would silently win), aliases are refused (a small file of nested aliases expands without end, and
+    configs need none), and numbers read as YAML 1.2 reads them (``1e-2`` is a float, not a string)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config", mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the constructor below says so
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+# YAML 1.2's exponent floats without a dot (1e-2, 5E3), which YAML 1.1 reads as strings.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``text`` read by the project's YAML rules (:class:`_StrictLoader`, at most :data:`MAX_YAML_BYTES`);
+    anything wrong is one ``ConfigError`` naming ``where``. Every YAML file the project reads goes through
+    here: configs, sweep files and run folders' ``config.yaml``."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text):,} characters; a config is at most {MAX_YAML_BYTES:,}")
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None)
+        mark = getattr(error, "problem_mark", None)
+        detail = f"{problem} (line {mark.line + 1})" if problem and mark else str(error).strip().splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {detail}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a config") from None
+
+
+def read_text(path: Path) -> str:
+    """A text file the project reads (a config, a run's record), as UTF-8; one ``ConfigError`` for a file
+    that cannot be read, is too large, or is not text."""
+    try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a config is at most {MAX_YAML_BYTES:,}")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+
+
 def read_yaml(name: str | Path) -> dict[str, Any]:
     """The top-level mapping of a YAML config file (a path or a packaged name)."""
     path = resolve_path(name)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        first = str(error).strip().splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML: {first}") from None
-    except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    data = parse_yaml(read_text(path), str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
@@ -369,8 +428,8 @@ def parse_set(item: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r} is not of the form key=value (e.g. ppo.n_steps=64)")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = parse_yaml(text, f"--set {item!r}")
+    except ConfigError:
         raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
     return key, value
 

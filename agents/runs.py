@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from rims_rl.agents.config import ConfigError
+from rims_rl.agents.config import ConfigError, parse_yaml, read_text
 from rims_rl.envs import env_name
 
 __all__ = [
@@ -88,10 +87,8 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """A run folder's ``config.yaml`` as plain data (not checked: reading a record needs no schema)."""
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"cannot read {run_dir / 'config.yaml'}: {error}") from None
+    path = run_dir / "config.yaml"
+    config = parse_yaml(read_text(path), str(path))
     if not isinstance(config, Mapping):
         raise ConfigError(f"{run_dir / 'config.yaml'} is not a mapping")
     return dict(config)

@@ -1,0 +1,76 @@
+"""Bad input of every class gets one line naming the file or key, before any work (issue 29)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from rims_rl.agents.config import ConfigError, parse_set
+from rims_rl.agents.train import resolve_config
+from tests.helpers import assert_one_line_error, cli
+
+CARTPOLE = (Path(__file__).parent.parent / "configs" / "classic" / "cartpole.yaml").read_text()
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+    for previous, name in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (CARTPOLE + "algo: a2c\n", "key 'algo' appears twice (line"),
+        (CARTPOLE.replace("  n_steps: 64", "  n_steps: 64\n  n_steps: 32", 1), "key 'n_steps' appears twice"),
+        (BOMB, "aliases (*name) are not allowed"),
+        ("a: &a [*a]\n", "aliases (*name) are not allowed"),
+        ("a: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply to be a config"),
+        ("a: " + "x" * 1_100_000 + "\n", "a config is at most 1,000,000"),
+        (b"\xff\xfe\x00binary\x00", "not UTF-8 text"),
+    ],
+    ids=["duplicate-top-key", "duplicate-nested-key", "alias-bomb", "recursive-alias", "deep", "huge", "binary"],
+)
+def test_config_files_that_cannot_be_configs_are_one_line_and_never_hang(content, message, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    started = time.time()
+    with pytest.raises(ConfigError, match=str(path).replace(".", r"\.")) as error:
+        resolve_config(path)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert time.time() - started < 5
+
+
+def test_an_alias_bomb_is_refused_by_the_command_line_before_any_work(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    result = cli("train", "--config", str(path), "--out", str(tmp_path / "runs"), timeout=60)
+    assert_one_line_error(result, "aliases (*name) are not allowed in a config")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("key", ["ppo.target_kl", "rims.input_dropout"])
+def test_exponent_floats_are_numbers_in_files_and_in_set(key, tmp_path):
+    """YAML 1.1 reads 1e-2 as a string; a config reads it as the number it is, as it reads 0.01."""
+    assert parse_set(f"{key}=1e-2") == (key, 0.01)
+    config = resolve_config("atari/ppo_rims.yaml", [parse_set(f"{key}=1e-2")])
+    section, name = key.split(".")
+    assert getattr(getattr(config, section), name) == 0.01
+    path = tmp_path / "config.yaml"
+    path.write_text(CARTPOLE.replace("  gamma: 0.99", "  gamma: 99e-2", 1))
+    assert resolve_config(path).ppo.gamma == 0.99
+
+
+def test_a_damaged_run_config_is_one_line_for_every_reader(tmp_path):
+    from rims_rl.agents.evaluate import load_run
+    from rims_rl.agents.runs import read_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(CARTPOLE + "policy: lstm\n")
+    for read in (read_config, load_run):
+        with pytest.raises(ConfigError, match="key 'policy' appears twice"):
+            read(run)
+    (run / "config.yaml").write_bytes(b"\x80\x81 not text")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        read_config(run)
