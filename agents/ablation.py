@@ -76,7 +76,7 @@ def run_ablation(
     spec = ablation_sweep(path, games=games, seeds=seeds, all_active=all_active, no_communication=no_communication)
     if out is not None:
         spec["out"] = str(out)
-    sweep = load_sweep(spec, overrides, workers=workers)  # every run's config is checked here
+    sweep = load_sweep(spec, overrides, workers=workers, name=str(path))  # every run's config is checked here
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     effective = out / "ablation.yaml"

@@ -128,13 +128,17 @@ ForgetBias = Annotated[float, Range(-100.0, 100.0)]
 # Sizes of a network: large enough for any model these experiments use, small enough to fit in memory.
 Size = Annotated[int, Range(1, 65_536)]
 Seed = Annotated[int, Range(0, 2**32 - 1)]
-Label = Annotated[str, Pattern(r"[A-Za-z0-9_.+-]+", "a name of letters, digits and _.+- only")]
+# A name that becomes a folder: never one of dots only (".." would put the run outside its root).
+Label = Annotated[str, Pattern(r"(?!\.+$)[A-Za-z0-9_.+-]+", "a name of letters, digits and _.+- only, not dots only")]
 # A learning rate or clip range: a positive number, or lin_X for a linear decay from X to 0 over training
 # (rl-zoo's notation).
 Schedule = Annotated[
     Union[float, str],  # noqa: UP007
     Range(0.0, None, low_open=True),
-    Pattern(r"lin_(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", "a positive number or lin_<positive number>"),
+    # lin_ and a number that is not zero (the lookahead refuses one of zeros and dots alone).
+    Pattern(
+        r"lin_(?![0.]*([eE][+-]?\d+)?$)(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", "a positive number or lin_<positive number>"
+    ),
 ]
 Device = Annotated[str, Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu or cuda[:N]"), Available()]
 

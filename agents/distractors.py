@@ -58,7 +58,7 @@ def run_distractors(
         spec["variants"] = {name: spec["variants"][name] for name in variants}
     if out is not None:
         spec["out"] = str(out)
-    sweep = load_sweep(spec, overrides, workers=workers)
+    sweep = load_sweep(spec, overrides, workers=workers, name=str(path))
     for run in sweep.runs:
         env = run.config["env"]
         if not is_pickup_id(env["id"]) or env.get("split", "train") != "train":

@@ -138,6 +138,7 @@ def load_sweep(
     *,
     out: str | Path | None = None,
     workers: int | None = None,
+    name: str | None = None,
 ) -> Sweep:
     """Read, check and expand a sweep file; raises ``ConfigError`` (one line) before anything runs.
 
@@ -148,12 +149,13 @@ def load_sweep(
             (the command line's ``--set``, and ``--device`` as ``run.device``).
         out: replaces the file's ``out``.
         workers: replaces the file's ``workers`` (local backend).
+        name: what messages call the sweep when ``path`` is a mapping (the file it came from).
     """
     file = path if isinstance(path, Mapping) else resolve_path(path)
     choices = [("out", str(out))] if out is not None else []
     choices += [("workers", workers)] if workers is not None else []
     spec = load(SweepConfig, file, choices)
-    file = "sweep" if isinstance(path, Mapping) else file
+    file = (name or "the sweep") if isinstance(path, Mapping) else file
     variants = {name: settings or {} for name, settings in (spec.variants or {}).items()}
     common = spec.overrides or {}
 

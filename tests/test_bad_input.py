@@ -74,3 +74,21 @@ def test_a_damaged_run_config_is_one_line_for_every_reader(tmp_path):
     (run / "config.yaml").write_bytes(b"\x80\x81 not text")
     with pytest.raises(ConfigError, match="not UTF-8 text"):
         read_config(run)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("run.label", "..", "run.label must be a name of letters, digits and _.+- only, not dots only"),
+        ("run.label", ".", "not dots only"),
+        ("run.label", "../elsewhere", "run.label must be a name of letters"),
+        ("ppo.learning_rate", "lin_0", "ppo.learning_rate must be a positive number or lin_<positive number>"),
+        ("ppo.clip_range", "lin_0.0", "ppo.clip_range must be a positive number"),
+        ("ppo.learning_rate", "lin_0e3", "a positive number or lin_"),
+    ],
+)
+def test_values_the_schema_promises_to_refuse(key, value, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("+", r"\+")):
+        resolve_config("atari/ppo_rims.yaml", [(key, value)])
+    # Their neighbours that are fine stay fine.
+    resolve_config("atari/ppo_rims.yaml", [("run.label", "a..b"), ("ppo.learning_rate", "lin_0.1")])
