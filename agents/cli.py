@@ -131,6 +131,13 @@ def _train(args: argparse.Namespace) -> int:
             )
         flags = [("total_steps", "total_steps"), ("device", "run.device"), ("track", "run.track")]
         summary = resume(args.resume, _overrides(args, flags))
+        if summary.get("finished_before"):
+            steps = summary["num_timesteps"]
+            print(
+                f"{summary['run_dir']} finished at {steps} steps, its total_steps: nothing to train, nothing changed "
+                f"(give --total-steps above {steps} to train on)"
+            )
+            return 0
     else:
         summary = train(resolve_config(args.config, _overrides(args, TRAIN_FLAGS)))
     if summary["interrupted_by"] is not None:

@@ -274,6 +274,9 @@ def resume(run_dir: str | Path, overrides: Iterable[tuple[str, Any]] = ()) -> di
             algorithm = ALGORITHMS[config.algo].__name__
             if saved["algorithm"] != algorithm:
                 raise ConfigError(f"{run_dir / CHECKPOINT} holds a {saved['algorithm']} run, not {algorithm}")
+            if saved.get("finished") and saved["num_timesteps"] >= config.total_steps:
+                # Nothing to train: the folder stays as it is (no new model, checkpoint or log files).
+                return {"run_dir": str(run_dir), "num_timesteps": saved["num_timesteps"], "finished_before": True}
         return _train(config, run_dir, saved)
 
 

@@ -438,3 +438,20 @@ def test_a_stop_mid_rollout_after_an_evaluation_leaves_each_step_once(tmp_path, 
     assert steps == sorted(set(steps)) and steps[-1] == 192
     with np.load(run / "evaluations.npz") as evaluations:
         assert evaluations["timesteps"].tolist() == [96, 192]
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path):
+    result = cli("train", *TINY, "--total-steps", "64", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    run = run_folder(tmp_path)
+
+    def files() -> dict:  # every file but the lock, which holds the pid of the process that looked
+        return {
+            p: (p.stat().st_mtime_ns, p.stat().st_size) for p in run.rglob("*") if p.is_file() and p.name != ".lock"
+        }
+
+    before = files()
+    again = cli("train", "--resume", str(run))
+    assert again.returncode == 0 and "finished at 64 steps, its total_steps: nothing to train" in again.stdout
+    assert "Traceback" not in again.stderr
+    assert files() == before  # no new model, checkpoint, config or event file
