@@ -77,6 +77,15 @@ def run_ablation(
     if out is not None:
         spec["out"] = str(out)
     sweep = load_sweep(spec, overrides, workers=workers, name=str(path))  # every run's config is checked here
+    if source == "eval":  # the report scores periodic evaluations: each run must make at least one
+        for run in sweep.runs:
+            settings, total = run.config["run"], run.config["total_steps"]
+            if not settings["eval_every"] or not settings["eval_episodes"] or total < settings["eval_every"]:
+                raise ConfigError(
+                    f"{run.name}: {total} steps with run.eval_every={settings['eval_every']} and run.eval_episodes="
+                    f"{settings['eval_episodes']} make no evaluation for the report to score; give more steps, a "
+                    "smaller run.eval_every, or --source train"
+                )
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     effective = out / "ablation.yaml"

@@ -70,3 +70,7 @@ def test_ablate_bad_input_is_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out" / "ablation.yaml").exists()
     result = cli("ablate", "--address", "auto", "--out", str(tmp_path / "out"))
     assert_one_line_error(result, "--address is for --backend ray")
+    # A budget too short for one evaluation would train every run and then have nothing to report.
+    result = cli("ablate", "--games", "Pong", "--total-steps", "1000", "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, "make no evaluation for the report to score")
+    assert not (tmp_path / "out" / "ablation.yaml").exists()
