@@ -23,6 +23,7 @@ import yaml
 
 from rims_rl.agents.config import ConfigError, SweepConfig, load, to_dict
 from rims_rl.agents.report import write_report
+from rims_rl.agents.runs import check_writable
 from rims_rl.agents.sweep import check_backend, load_sweep, run_sweep
 from rims_rl.agents.train import resolve_config
 
@@ -87,7 +88,7 @@ def run_ablation(
                     "smaller run.eval_every, or --source train"
                 )
     out = Path(spec["out"])
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     effective = out / "ablation.yaml"
     effective.write_text(
         "# Written by rims-rl ablate: the grid it ran; rims-rl sweep --config <this file> reruns it.\n"

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from rims_rl.agents.config import ConfigError
-from rims_rl.agents.runs import RunBusy, RunDiverged, RunError
+from rims_rl.agents.runs import RunBusy, RunDiverged, RunError, check_writable
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -44,7 +44,6 @@ __all__ = [
     "RunLock",
     "atomic_write",
     "check_resume",
-    "check_writable",
     "load_checkpoint",
     "plain",
     "remove_temporaries",
@@ -95,21 +94,6 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def check_writable(folder: str | Path) -> None:
-    """Create ``folder`` if needed and make sure a file can be written in it; one line if not."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except FileExistsError:
-        raise ConfigError(f"{folder} is a file, not a folder: choose another --out") from None
-    except NotADirectoryError:
-        raise ConfigError(f"{folder}: a part of this path is a file, not a folder: choose another --out") from None
-    except OSError as error:
-        raise ConfigError(f"cannot write in {folder} ({error.strerror}): choose another --out") from None
 
 
 # ------------------------------------------------------------------------------------- one atomic write

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from rims_rl.agents.config import ConfigError
-from rims_rl.agents.runs import find_runs, learning_curve, read_config, run_label
+from rims_rl.agents.runs import check_writable, find_runs, learning_curve, read_config, run_label
 from rims_rl.agents.stats import BAND, mean_ci, one_seed_warning
 from rims_rl.envs import env_name
 
@@ -85,6 +85,8 @@ def compare_runs(paths: list[str | Path], out: str | Path, source: str = "train"
     ``curves.csv``."""
     if source not in ("train", "eval"):
         raise ConfigError(f"--source must be train or eval, got {source!r}")
+    out = Path(out)
+    check_writable(out)
     groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for run_dir in find_runs(paths):
         config = read_config(run_dir)
@@ -95,8 +97,6 @@ def compare_runs(paths: list[str | Path], out: str | Path, source: str = "train"
     if not groups:
         raise ConfigError(f"the runs have no {source} learning curves yet")
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = plot_curves(groups, out / "curves.png", source)
     warnings = [
         line

@@ -22,6 +22,7 @@ import numpy as np
 
 from rims_rl.agents.config import ConfigError, SweepConfig, load, to_dict
 from rims_rl.agents.evaluate import evaluate_run
+from rims_rl.agents.runs import check_writable
 from rims_rl.agents.stats import mean_ci, success_ci
 from rims_rl.agents.sweep import load_sweep, run_sweep
 from rims_rl.envs import EVAL_SPLITS, is_pickup_id
@@ -59,6 +60,7 @@ def run_distractors(
     if out is not None:
         spec["out"] = str(out)
     sweep = load_sweep(spec, overrides, workers=workers, name=str(path))
+    check_writable(sweep.out)
     for run in sweep.runs:
         env = run.config["env"]
         if not is_pickup_id(env["id"]) or env.get("split", "train") != "train":
@@ -93,7 +95,6 @@ def run_distractors(
             log(f"{variant} seed {seed} {split}: success {successes}/{episodes}")
 
     out = Path(sweep.out)
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

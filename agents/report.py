@@ -47,7 +47,7 @@ import numpy as np
 
 from rims_rl.agents.compare import plot_curves
 from rims_rl.agents.config import ConfigError
-from rims_rl.agents.runs import find_runs, learning_curve, read_config, run_label
+from rims_rl.agents.runs import check_writable, find_runs, learning_curve, read_config, run_label
 from rims_rl.agents.stats import interval_estimates, mean_ci
 from rims_rl.envs import env_kind, env_name
 from rims_rl.envs.atari_scores import ATARI_REFERENCE_SCORES, human_normalized
@@ -412,6 +412,8 @@ def write_report(
     """
     if reps < 1:
         raise ConfigError(f"--reps must be at least 1, got {reps}")
+    out = Path(out)
+    check_writable(out)
     runs, notes = load_run_scores(paths, source)
     labels = sorted({run.label for run in runs})
     baseline = _choose_baseline(labels, baseline, notes)
@@ -428,8 +430,6 @@ def write_report(
         if missing and len(labels) > 1:
             notes.append(f"no relative improvement on {', '.join(missing)}: no {baseline} runs there")
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
 
     curve_groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))

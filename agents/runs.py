@@ -10,6 +10,7 @@ finished, ``model.zip``.
 from __future__ import annotations
 
 import csv
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "RunBusy",
     "RunDiverged",
     "RunError",
+    "check_writable",
     "find_runs",
     "learning_curve",
     "read_config",
@@ -53,6 +55,22 @@ CHECKPOINT = Path("checkpoints") / "latest.pt"
 def run_label(algo: str, policy: str, label: str | None) -> str:
     """The name a run is grouped under in folders, plots and wandb: ``run.label``, else ``<algo>-<policy>``."""
     return label or f"{algo}-{policy}"
+
+
+def check_writable(folder: str | Path) -> None:
+    """Create ``folder`` if needed and make sure a file can be written in it; one line if not. Every command
+    that writes into a folder it was given calls this before any work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except FileExistsError:
+        raise ConfigError(f"{folder} is a file, not a folder: choose another --out") from None
+    except NotADirectoryError:
+        raise ConfigError(f"{folder}: a part of this path is a file, not a folder: choose another --out") from None
+    except OSError as error:
+        raise ConfigError(f"cannot write in {folder} ({error.strerror}): choose another --out") from None
 
 
 def run_dir_for(config) -> Path:

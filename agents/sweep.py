@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from rims_rl.agents.config import ConfigError, SweepConfig, load, resolve_path, to_dict
-from rims_rl.agents.runs import run_dir_for, run_state
+from rims_rl.agents.runs import check_writable, run_dir_for, run_state
 
 __all__ = [
     "Sweep",
@@ -565,6 +565,7 @@ def run_sweep(
     Ctrl-C or SIGTERM stops the sweep after the running runs have saved a checkpoint.
     """
     check_backend(backend, address)
+    check_writable(sweep.out)
     log(f"sweep {sweep.path}: {len(sweep.runs)} runs in {sweep.out}, backend {backend}")
     in_main = threading.current_thread() is threading.main_thread()
     # SIGTERM (a scheduler's stop) stops the sweep the way Ctrl-C does: checkpoints first.

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from rims_rl.agents.config import ConfigError, TransferConfig, load
-from rims_rl.agents.runs import learning_curve, run_dir_for
+from rims_rl.agents.runs import check_writable, learning_curve, run_dir_for
 from rims_rl.agents.train import ensure_run, resolve_config
 from rims_rl.envs import env_kind, env_name
 
@@ -130,6 +130,7 @@ def run_transfer(
     """Train (or reuse / resume) every run of the plan, then write results.csv and results.md."""
     out = Path(out)
     plan = plan_transfer(config, out, training_overrides)
+    check_writable(out)
     for entry in plan:
         run_dir = run_dir_for(entry["config"])
         status = ensure_run(entry["config"], run_dir)
@@ -159,7 +160,6 @@ def run_transfer(
                     "positive": bool(transfer > scratch),
                 }
             )
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -11,6 +11,7 @@ import torch
 
 from rims_rl.agents.config import ConfigError
 from rims_rl.agents.evaluate import load_model, load_run, play_episode, render_env, with_distractors
+from rims_rl.agents.runs import check_writable
 from rims_rl.rims import RIMs
 
 __all__ = ["visualize_run"]
@@ -116,6 +117,7 @@ def visualize_run(
     if distractors is not None:
         config = with_distractors(config, distractors)
     out = Path(out) if out is not None else run_dir / "visualize"
+    check_writable(out)  # before the episode is played
     env = render_env(config, seed)
     try:
         model = load_model(run_dir, config, env, "cpu", seed)
@@ -136,7 +138,6 @@ def visualize_run(
         env.close()
     if not episode["frames"]:
         raise ConfigError("the environment produced no frames to record")
-    out.mkdir(parents=True, exist_ok=True)
     per_step = episode["per_step"]
     active = np.array([units for units, _, _ in per_step], dtype=bool) if per_step else None
     grids = None

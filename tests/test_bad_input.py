@@ -92,3 +92,26 @@ def test_values_the_schema_promises_to_refuse(key, value, message):
         resolve_config("atari/ppo_rims.yaml", [(key, value)])
     # Their neighbours that are fine stay fine.
     resolve_config("atari/ppo_rims.yaml", [("run.label", "a..b"), ("ppo.learning_rate", "lin_0.1")])
+
+
+@pytest.mark.parametrize("command", ["compare", "report", "visualize", "sweep", "experiment-distractors"])
+@pytest.mark.parametrize(("out", "message"), [("file", "is a file, not a folder"), ("file/sub", "a part of this path")])
+def test_an_output_folder_that_cannot_be_one_is_one_line_before_any_work(command, out, message, tmp_path, monkeypatch):
+    from rims_rl.agents import compare, distractors, evaluate, report, sweep, visualize
+
+    (tmp_path / "file").write_text("a file")
+    run = tmp_path / "runs" / "CartPole-v1" / "ppo-rims" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(CARTPOLE)
+    monkeypatch.setattr(evaluate, "make_env", lambda *a, **k: pytest.fail("an environment was started"))
+    monkeypatch.setattr(sweep, "_run_local", lambda *a, **k: pytest.fail("a run was started"))
+    target = tmp_path / out
+    calls = {
+        "compare": lambda: compare.compare_runs([tmp_path / "runs"], target),
+        "report": lambda: report.write_report([tmp_path / "runs"], target),
+        "visualize": lambda: visualize.visualize_run(run, out=target),
+        "sweep": lambda: sweep.run_sweep(sweep.load_sweep("sweeps/demo.yaml", out=target)),
+        "experiment-distractors": lambda: distractors.run_distractors(out=target, seeds=[0]),
+    }
+    with pytest.raises(ConfigError, match=message):
+        calls[command]()
