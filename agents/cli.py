@@ -166,7 +166,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         distractors=args.distractors,
     )
     low, high = result["ci95"]
-    where = result["env"] + (f" ({result['distractors']} distractors)" if "distractors" in result else "")
+    run = Path(result["run"])  # <out>/<env>/<label>/seed<N>: the label and seed say which run this is
+    where = f"{result['env']}, {run.parent.name} {run.name}"
+    where += f" ({result['distractors']} distractors)" if "distractors" in result else ""
     print(
         f"{where}: mean return {result['mean_return']:.2f} (95% CI {low:.2f} to {high:.2f}) "
         f"over {result['episodes']} episodes, mean length {result['mean_length']:.0f}"
@@ -467,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         parents=[runs],
         help="learning curves (mean and 95%% CI across seeds) of runs, e.g. RIMs vs LSTM",
-        description="Group runs by environment and algo-policy; plot mean and 95%% CI across seeds.",
+        description="Group runs by environment and algo-policy; plot mean and 95% CI across seeds.",
     )
     compare.add_argument(
         "--out", default="comparison", help="folder for curves.png and curves.csv (default: %(default)s)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,9 @@ def evaluate_run(
 
 def render_env(config: TrainConfig, seed: int):
     """A one-env evaluation VecEnv of ``config`` that renders RGB frames."""
+    # Frames are drawn off screen: SDL (pygame's, for the classic-control envs) needs no display then, and
+    # without this it prints "error: XDG_RUNTIME_DIR ..." on machines without a session. A user's choice stays.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     env_config = dict(config.env.settings(), render_mode="rgb_array")
     if env_kind(env_config["id"]) == "atari":
         env_config["backend"] = "sb3"  # the C++ vector env does not render

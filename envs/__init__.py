@@ -8,6 +8,7 @@ torch itself; :func:`make_env` loads them when it builds a vectorised environmen
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Any
 
 import gymnasium as gym
@@ -139,6 +140,8 @@ def make_env(config: dict[str, Any], seed: int, evaluation: bool = False, n_envs
         )
     if settings:
         raise ValueError(f"env settings {', '.join(sorted(settings))} apply to Atari games only")
-    # Only a render mode asked for: envs that draw nothing (ours among them) take no render_mode argument.
-    kwargs = {} if render_mode is None else {"render_mode": render_mode}
-    return make_vec_env(config["id"], n_envs=n_envs, seed=seed, env_kwargs=kwargs)
+    if render_mode is None:
+        # Made by a function, so that SB3 does not ask for rgb_array frames (its default for an id): envs that
+        # draw nothing (ours among them) take no render_mode, and no one looks at training frames.
+        return make_vec_env(functools.partial(gym.make, config["id"]), n_envs=n_envs, seed=seed)
+    return make_vec_env(config["id"], n_envs=n_envs, seed=seed, env_kwargs={"render_mode": render_mode})
