@@ -207,3 +207,15 @@ def test_rims_forget_bias_is_a_model_setting(tmp_path):
     assert torch.all(model.core.bias_ih[:, 8:16] == 5.0)  # unit_size 8: the forget slice
     with pytest.raises(ConfigError, match="forget_bias needs LSTM cells"):
         tiny_config(tmp_path, "models.rims.forget_bias=5", "models.rims.cell=gru")
+
+
+def test_the_all_steps_scale_is_the_recall_ce_spread_over_every_step_and_the_table_shows_both():
+    """Digits 10, span 50: T = 10 + 50 + 1 + 10 = 71 steps, so the authors' scale is the recall CE x 10 / 71."""
+    from rims_rl.agents.copying import all_steps_ce, format_table
+
+    assert all_steps_ce(2.0, 10, 50) == pytest.approx(2.0 * 10 / 71)
+    assert all_steps_ce(1.0, 10, 200) == pytest.approx(10 / 221)
+    row = {"model": "m", "parameters": 5, "eval_ce": {"50": 0.71, "200": 2.21}, "digits": 10, "updates": 3}
+    table = format_table([{**row, "train_seconds": 60.0}], [50, 200])
+    cells = table.splitlines()[2].split(" | ")
+    assert cells[2:6] == ["0.710", "2.210", "0.1000", "0.1000"]  # recall CE at each span, then the authors' scale

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -344,3 +345,34 @@ def test_expert_crash_resumes_from_its_checkpoint(tmp_path, monkeypatch, algo_ov
 def test_bad_expert_checkpoint_every_is_refused():
     with pytest.raises(ConfigError, match=r"expert\.checkpoint_every"):
         load_imitation_config("mujoco/halfcheetah.yaml", [("expert.checkpoint_every", -1)])
+
+
+def test_evaluation_carries_the_recurrent_state_from_step_to_step():
+    """``play`` hands the policy, at every step, the state it returned at the step before (None at the first):
+    a recurrent policy evaluated without its memory would be scored on another task."""
+    from rims_rl.agents.imitation import play
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.seen = []
+
+        def __call__(self, obs, state):
+            self.seen.append(state)
+            return torch.zeros(1, 1, 6), ("state after step", len(self.seen))
+
+    class FiveSteps(gym.Env):
+        observation_space = gym.spaces.Box(0, 255, (3, 4, 4), np.uint8)
+        action_space = gym.spaces.Box(-1, 1, (6,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.t = 0
+            return self.observation_space.sample(), {}
+
+        def step(self, action):
+            self.t += 1
+            return self.observation_space.sample(), 1.0, self.t >= 5, False, {}
+
+    policy = Recorder()
+    assert play(policy, FiveSteps(), seed=0) == 5.0
+    assert policy.seen == [None, *[("state after step", step) for step in range(1, 5)]]
