@@ -147,7 +147,7 @@ def expert(config: ImitationConfig, out: Path, log: Callable[[str], None] = prin
             log(f"expert: resuming {algo.upper()} at step {model.num_timesteps} of {total}")
         else:
             log(f"expert: {algo.upper()} on the state vector for {total} steps")
-        stopper = Checkpointer(checkpoint, config.expert.checkpoint_every, _expert_experiment(config), None, "expert")
+        stopper = Checkpointer(checkpoint, config.expert.checkpoint_every, _expert_experiment(config), "expert")
         with stop_on_signals(stopper):
             model.learn(
                 max(total - model.num_timesteps, 0),

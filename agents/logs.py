@@ -1,15 +1,22 @@
-"""Training logs that stay exact across stops: every logged step once, in order, whatever stopped the run.
+"""Training logs that are live and stay exact across stops: every logged step once, in order.
 
-SB3 writes each log row as soon as it is dumped; a run stopped after that but before its next checkpoint
-would log the same steps again when it resumes. Here rows wait in memory (:class:`HeldOutput`, an SB3 log
-output format) and reach the disk only once a checkpoint holds the state they describe
-(:meth:`HeldOutput.commit`, called right after the checkpoint is written). The rows not yet on disk travel
-inside the checkpoint too (:meth:`HeldOutput.pending`), so a stop between the checkpoint and the commit
-loses nothing: the resumed run writes them first.
+Every row SB3 dumps (one per rollout, and one per evaluation) is written at once (:class:`RunLog`, an SB3
+log output format): a line of ``progress.csv``, scalars in ``tensorboard/`` and, with tracking, a point of
+the wandb run, each at the row's environment step. So curves grow while a run trains, from its first
+rollout on.
 
-Files: ``progress.csv`` (one row per dump; the header is the union of every row's keys) and
-``tensorboard/`` (SB3's TensorBoard writer, a new events file per session). wandb reads that folder
-(``sync_tensorboard``), so it sees each step once too.
+A run that stops (a signal, a crash, kill -9) resumes from its last checkpoint and takes again the steps
+after it, so the record is cut back to the checkpoint first (``RunLog(resume_from=step)``):
+
+- ``progress.csv`` keeps its rows up to that step (rewritten atomically; a line a kill cut short goes too);
+- TensorBoard's new writer starts with ``purge_step`` = step + 1, which tells TensorBoard to drop what the
+  earlier files hold from there on;
+- wandb cannot take a point back (offline, its record only grows; online, rewinding a run is a server
+  feature), so the steps it already has are not sent again: those past the checkpoint were logged before
+  the stop, and the resumed run takes them again from the checkpoint's random state.
+
+Files: ``progress.csv`` (one row per step; the header is the union of every row's keys) and
+``tensorboard/`` (a new events file per session).
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.logger import KVWriter, TensorBoardOutputFormat
+from stable_baselines3.common.logger import KVWriter
 
 from rims_rl.agents.checkpointing import atomic_write
+from rims_rl.agents.runs import read_rows
 
-__all__ = ["CSV_NAME", "TENSORBOARD_DIR", "HeldOutput"]
+__all__ = ["CSV_NAME", "STEP_KEY", "TENSORBOARD_DIR", "RunLog"]
 
 CSV_NAME = "progress.csv"
 TENSORBOARD_DIR = "tensorboard"
@@ -41,14 +49,47 @@ def _plain(value: Any) -> Any:
     return None
 
 
-class HeldOutput(KVWriter):
-    """An SB3 log output that holds rows until :meth:`commit`, then writes them to ``progress.csv`` and
-    TensorBoard in ``run_dir``."""
+def _step(row: dict[str, Any]) -> int | None:
+    """A CSV row's step, or None for a line a stop cut short."""
+    value = row.get(STEP_KEY)
+    try:
+        return None if value is None else int(float(value))
+    except ValueError:
+        return None
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+
+class RunLog(KVWriter):
+    """An SB3 log output writing each row as it comes to ``progress.csv``, TensorBoard and wandb.
+
+    Args:
+        run_dir: the run folder.
+        resume_from: the step training starts from: the record is cut back to it (see the module
+            docstring); 0 for a run that starts afresh (also in a folder a stop left without a checkpoint).
+        tracking: the run's wandb tracking (:class:`rims_rl.agents.tracking.Tracking`), or None.
+        tensorboard: write TensorBoard files too.
+    """
+
+    def __init__(self, run_dir: str | Path, resume_from: int = 0, tracking=None, tensorboard: bool = True) -> None:
         self.run_dir = Path(run_dir)
-        self.rows: list[dict[str, Any]] = []
-        self._tensorboard = TensorBoardOutputFormat(str(self.run_dir / TENSORBOARD_DIR)) if tensorboard else None
+        self.path = self.run_dir / CSV_NAME
+        self.tracking = tracking
+        on_disk = read_rows(self.path)
+        rows = [row for row in on_disk if _step(row) is not None]
+        # What wandb has already: every row a session before this one logged (a resumed run's tracking
+        # continues the same wandb run), also those past the checkpoint.
+        self._tracked_up_to = max((_step(row) for row in rows), default=-1)
+        if rows or on_disk:
+            kept = [row for row in rows if _step(row) <= resume_from]
+            if len(kept) != len(on_disk):
+                self._rewrite(kept)
+            rows = kept
+        self.rows: list[dict[str, Any]] = rows
+        self.keys = list(dict.fromkeys(key for row in rows for key in row))
+        self._tensorboard = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=resume_from + 1)
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
         row = {}
@@ -58,55 +99,47 @@ class HeldOutput(KVWriter):
             if plain is not None and not ("csv" in excluded and "tensorboard" in excluded):
                 row[key] = plain
         row[STEP_KEY] = int(step)
-        last = self.rows[-1] if self.rows else None
-        if last is not None and last[STEP_KEY] == row[STEP_KEY] and not (set(last) & set(row)) - {STEP_KEY}:
-            last.update(row)  # another dump at the same step (an evaluation's): one row per step
-        else:
-            self.rows.append(row)
-
-    def pending(self) -> list[dict[str, Any]]:
-        """The rows not yet written (plain data, for a checkpoint)."""
-        return [dict(row) for row in self.rows]
-
-    def commit(self, up_to: int, extra: Iterable[dict[str, Any]] = ()) -> None:
-        """Write ``extra`` rows (held by a checkpoint) and the held rows up to step ``up_to`` that the files do
-        not have yet; keep the later ones held."""
-        last = last_step(self.run_dir)
-        rows = [r for r in [*extra, *self.rows] if r[STEP_KEY] <= up_to and (last is None or r[STEP_KEY] > last)]
-        self.rows = [r for r in self.rows if r[STEP_KEY] > up_to]
-        if not rows:
-            return
-        _append_csv(self.run_dir / CSV_NAME, rows)
+        self._write_csv(row)
+        values = {key: value for key, value in row.items() if key != STEP_KEY and not isinstance(value, str)}
         if self._tensorboard is not None:
-            for row in rows:
-                values = {k: v for k, v in row.items() if k != STEP_KEY and not isinstance(v, str)}
-                self._tensorboard.write(values, dict.fromkeys(values), row[STEP_KEY])
+            for key, value in values.items():
+                self._tensorboard.add_scalar(key, value, int(step), new_style=True)
+            self._tensorboard.flush()
+        if self.tracking is not None and int(step) > self._tracked_up_to:
+            self.tracking.log(values, int(step))
+
+    def _write_csv(self, row: dict[str, Any]) -> None:
+        last = self.rows[-1] if self.rows else None
+        if last is not None and _step(last) == row[STEP_KEY] and not (set(last) & set(row)) - {STEP_KEY}:
+            last.update(row)  # another dump at the same step (an evaluation's): one row per step
+            self._rewrite(self.rows)
+            return
+        self.rows.append(row)
+        if set(row) - set(self.keys) or not self.path.is_file():
+            self._rewrite(self.rows)  # a new column: the header changes
+            return
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, fieldnames=self.keys, restval="", lineterminator="\n").writerow(row)
+        with self.path.open("a", newline="") as handle:  # one line, one write
+            handle.write(buffer.getvalue())
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        """``progress.csv`` as ``rows``, atomically, with the union of their keys as the header."""
+        self.keys = list(dict.fromkeys(key for row in rows for key in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.keys, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.path, buffer.getvalue().encode())
+
+    def extend(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Write rows held by a checkpoint of an earlier version (which wrote logs only at checkpoints) that
+        the files do not have yet."""
+        last = _step(self.rows[-1]) if self.rows else None
+        for row in rows:
+            if last is None or row[STEP_KEY] > last:
+                self.write({k: v for k, v in row.items() if k != STEP_KEY}, {}, row[STEP_KEY])
 
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def last_step(run_dir: Path) -> int | None:
-    """The last step ``progress.csv`` holds, or None."""
-    rows = read_rows(Path(run_dir) / CSV_NAME)
-    return int(float(rows[-1][STEP_KEY])) if rows else None
-
-
-def _append_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """The file's rows and ``rows``, rewritten atomically with the union of their keys as the header."""
-    existing = read_rows(path)
-    keys = list(dict.fromkeys(key for row in [*existing, *rows] for key in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(existing)
-    writer.writerows(rows)
-    atomic_write(path, buffer.getvalue().encode())

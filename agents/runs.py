@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import tempfile
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ __all__ = [
     "find_runs",
     "learning_curve",
     "read_config",
+    "read_evaluations",
+    "read_rows",
     "run_dir_for",
     "run_label",
     "run_state",
@@ -112,24 +115,61 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return dict(config)
 
 
+EVALUATIONS = ("timesteps", "results", "ep_lengths")
+
+
+def read_evaluations(path: Path) -> dict[str, np.ndarray] | None:
+    """A run's periodic evaluations (``evaluations.npz``, SB3's EvalCallback file: ``timesteps`` (n,),
+    ``results`` and ``ep_lengths`` (n, episodes)), or None when there is none. A damaged or foreign file is
+    one ``ConfigError``; nothing in it is unpickled."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as data:  # allow_pickle stays off: arrays only
+            arrays = {key: np.asarray(data[key]) for key in EVALUATIONS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path}: not a readable evaluations file ({detail}); move it away to go on") from None
+    steps, results, lengths = (arrays[key] for key in EVALUATIONS)
+    numeric = all(np.issubdtype(array.dtype, np.number) for array in arrays.values())
+    if not numeric or steps.ndim != 1 or results.ndim != 2 or lengths.shape != results.shape:
+        raise ConfigError(f"{path}: its arrays are not evaluations (steps (n,), results and lengths (n, episodes))")
+    if results.shape[0] != len(steps):
+        raise ConfigError(f"{path}: {len(steps)} evaluation steps but {results.shape[0]} rows of results")
+    return arrays
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a run's ``progress.csv`` (none when there is no file); one ``ConfigError`` for a file that
+    is not text."""
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ConfigError(f"{path}: not a readable training log ({type(error).__name__})") from None
+
+
 def learning_curve(run_dir: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, returns) of one run: training episodes (``rollout/ep_rew_mean`` in progress.csv, each a
     mean over SB3's last 100 episodes) or periodic evaluations (evaluations.npz, mean over episodes)."""
     if source == "eval":
         path = run_dir / "evaluations.npz"
-        if not path.is_file():
+        data = read_evaluations(path)
+        if data is None:
             return np.empty(0), np.empty(0)
-        with np.load(path) as data:
-            return _in_order(path, data["timesteps"].astype(float)), data["results"].mean(axis=1)
+        return _in_order(path, data["timesteps"].astype(float)), data["results"].mean(axis=1)
     steps, returns = [], []
     path = run_dir / "progress.csv"
-    if path.is_file():
-        with path.open() as handle:
-            for row in csv.DictReader(handle):
-                step, value = row.get("time/total_timesteps"), row.get("rollout/ep_rew_mean")
-                if step not in (None, "") and value not in (None, ""):
-                    steps.append(float(step))
-                    returns.append(float(value))
+    for line, row in enumerate(read_rows(path), start=2):
+        step, value = row.get("time/total_timesteps"), row.get("rollout/ep_rew_mean")
+        if step not in (None, "") and value not in (None, ""):
+            try:
+                steps.append(float(step))
+                returns.append(float(value))
+            except ValueError:
+                raise ConfigError(f"{path}, line {line}: a step or return that is not a number") from None
     return _in_order(path, np.asarray(steps)), np.asarray(returns)
 
 

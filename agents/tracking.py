@@ -1,13 +1,13 @@
 """wandb tracking for a training run: offline unless an API key is configured, never fatal.
 
-- **Each metric once per step.** SB3's metrics reach wandb by TensorBoard syncing (``sync_tensorboard``):
-  the run's TensorBoard files live in ``<run>/tensorboard/`` and wandb's own files in ``<run>/wandb/``,
-  beside it, never inside it (wandb would read its own copies again). The TensorBoard files hold each
-  step once (:mod:`rims_rl.agents.logs`), so wandb does too.
+- **Live, each metric once per step.** The run's log output (:class:`rims_rl.agents.logs.RunLog`) sends
+  every row to wandb as it writes it to ``progress.csv`` and TensorBoard, from the first rollout on. After
+  a resume, the steps wandb already has are not sent again (a wandb record cannot be cut back; see
+  :mod:`rims_rl.agents.logs`). wandb's own files live in ``<run>/wandb/``.
 - **One group per curve.** The group is ``<env>/<label>`` (label: ``run.label`` or ``<algo>-<policy>``):
   the seeds of one policy on one environment aggregate into one line, and RIMs and LSTM are two lines of
   the same chart. The environment is the job type and a tag; the run's name is ``<label>-seed<N>``.
-- **Environment steps on the x-axis** (TensorBoard's ``global_step``).
+- **Environment steps on the x-axis** (``global_step``).
 - **The config is the run's config** (what ``config.yaml`` holds), not SB3's internals.
 - **A resumed run continues the same wandb run**: its id is kept in ``<run>/wandb_id``.
 """
@@ -52,6 +52,13 @@ class Tracking:
 
     run: Any
 
+    def log(self, values: dict[str, float], step: int) -> None:
+        """One row of metrics at environment step ``step``."""
+        try:
+            self.run.log({**values, "global_step": step})
+        except Exception as error:  # tracking must never fail a training run
+            warnings.warn(f"wandb: could not log step {step}: {error}", stacklevel=2)
+
     def finish(self) -> None:
         try:
             self.run.finish()
@@ -79,7 +86,6 @@ def start_tracking(config: TrainConfig, run_dir: Path) -> Tracking | None:
             config=to_dict(config),
             dir=str(run_dir),
             mode=wandb_mode(),
-            sync_tensorboard=True,
             reinit="finish_previous",
             settings=wandb.Settings(init_timeout=60, silent=True),
         )

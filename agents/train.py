@@ -3,8 +3,9 @@
 1. ``resolve_config``: the YAML file and the overrides (``--set`` and the command line's choices), checked
    in full by the config schema (:class:`rims_rl.agents.config.TrainConfig`) before any environment starts.
 2. ``train``: the run folder ``<out>/<env>/<label>/seed<N>/`` (locked while training, see
-   :mod:`rims_rl.agents.checkpointing`) with the config (``config.yaml``), the logs (``progress.csv`` and
-   ``tensorboard/``, written only up to the last checkpoint: :mod:`rims_rl.agents.logs`), periodic
+   :mod:`rims_rl.agents.checkpointing`) with the config (``config.yaml``), the logs (``progress.csv``,
+   ``tensorboard/`` and wandb, written as training goes and cut back to the checkpoint on a resume:
+   :mod:`rims_rl.agents.logs`), periodic
    evaluations (``evaluations.npz``), the checkpoint (``checkpoints/latest.pt``: tensors and plain data)
    and, at the end, SB3's ``model.zip``; optional wandb tracking.
 3. ``resume``: continue a run from its checkpoint; only the budget, device, tracking, progress,
@@ -42,8 +43,8 @@ from rims_rl.agents.checkpointing import (
     save_checkpoint,
 )
 from rims_rl.agents.config import ConfigError, TrainConfig, load, to_dict
-from rims_rl.agents.logs import HeldOutput
-from rims_rl.agents.runs import CHECKPOINT, run_dir_for, run_state
+from rims_rl.agents.logs import RunLog
+from rims_rl.agents.runs import CHECKPOINT, read_evaluations, run_dir_for, run_state
 from rims_rl.agents.tracking import start_tracking
 from rims_rl.envs import make_env
 from rims_rl.extractors import MiniGridExtractor
@@ -165,17 +166,17 @@ class Checkpointer(BaseCallback):
     rollout: the policy just updated, nothing half-collected); on SIGINT/SIGTERM a last one, then stop. An on-policy
     algorithm stopped mid-rollout is saved as it was when the rollout started (its networks and optimizer
     have not changed since; its random streams, counters and episodes were kept then), so the resumed run
-    collects that rollout again and logs each step once.
+    collects that rollout again (its log rows too: :class:`rims_rl.agents.logs.RunLog` cuts the record back
+    to the checkpoint when the run resumes).
 
-    After each checkpoint the held log rows up to its step are written (:class:`HeldOutput`). A NaN or
-    infinite parameter stops training before anything is saved, so the last good checkpoint survives.
+    A NaN or infinite parameter stops training before anything is saved, so the last good checkpoint survives.
     """
 
-    def __init__(self, path: Path, every: int, record: dict[str, Any], logs: HeldOutput | None, kind: str) -> None:
-        """``record``: the config that defines the experiment (the resume contract compares it); ``logs``:
-        the held log rows to write after each checkpoint (or None); ``kind``: the checkpoint's kind."""
+    def __init__(self, path: Path, every: int, record: dict[str, Any], kind: str) -> None:
+        """``record``: the config that defines the experiment (the resume contract compares it); ``kind``: the
+        checkpoint's kind."""
         super().__init__()
-        self.path, self.every, self.record, self.logs, self.kind = path, every, record, logs, kind
+        self.path, self.every, self.record, self.kind = path, every, record, kind
         self.signal: int | None = None
         self._next = 0
         self._snapshot: dict[str, Any] | None = None
@@ -219,11 +220,8 @@ class Checkpointer(BaseCallback):
             state = {**self._snapshot, "parameters": self.model.get_parameters()}
         else:
             state = {**algorithm_state(self.model), "logged": self._logged()}
-        pending = self.logs.pending() if self.logs is not None else []
-        payload = {**state, "config": self.record, "pending_logs": pending, "finished": finished}
+        payload = {**state, "config": self.record, "finished": finished}
         save_checkpoint(self.path, self.kind, payload)
-        if self.logs is not None:
-            self.logs.commit(state["num_timesteps"])
 
 
 @contextmanager
@@ -274,6 +272,7 @@ def resume(run_dir: str | Path, overrides: Iterable[tuple[str, Any]] = ()) -> di
             algorithm = ALGORITHMS[config.algo].__name__
             if saved["algorithm"] != algorithm:
                 raise ConfigError(f"{run_dir / CHECKPOINT} holds a {saved['algorithm']} run, not {algorithm}")
+            read_evaluations(run_dir / "evaluations.npz")  # a damaged file fails here, before any environment
             if saved.get("finished") and saved["num_timesteps"] >= config.total_steps:
                 # Nothing to train: the folder stays as it is (no new model, checkpoint or log files).
                 return {"run_dir": str(run_dir), "num_timesteps": saved["num_timesteps"], "finished_before": True}
@@ -295,18 +294,17 @@ def _train(config: TrainConfig, run_dir: Path, saved: dict[str, Any] | None) -> 
             restore_algorithm(model, saved)
         elif run.init_from is not None:
             init_weights(model, run.init_from)
-        # wandb first: it syncs the TensorBoard files that the logger below creates.
         tracking = start_tracking(config, run_dir) if run.track else None
-        logs = HeldOutput(run_dir)
+        start = 0 if saved is None else saved["num_timesteps"]
+        # From the checkpoint, or from 0: a folder stopped before its first checkpoint starts afresh, its record too.
+        logs = RunLog(run_dir, resume_from=start, tracking=tracking)
         model.set_logger(Logger(folder=str(run_dir), output_formats=[logs]))
-        start = 0
         if saved is not None:
-            start = saved["num_timesteps"]
-            logs.commit(start, saved["pending_logs"])  # what the checkpoint held, if a stop came first
+            logs.extend(saved.get("pending_logs", ()))  # rows held by a checkpoint of an earlier version
             model.logger.name_to_value.update(saved["logged"]["values"])
             model.logger.name_to_count.update(saved["logged"]["counts"])
 
-        stopper = Checkpointer(run_dir / CHECKPOINT, run.checkpoint_every, to_dict(config), logs, "train")
+        stopper = Checkpointer(run_dir / CHECKPOINT, run.checkpoint_every, to_dict(config), "train")
         callbacks: list[BaseCallback] = [stopper]
         if run.eval_every and run.eval_episodes:
             eval_env = make_env(
@@ -325,15 +323,14 @@ def _train(config: TrainConfig, run_dir: Path, saved: dict[str, Any] | None) -> 
                 # Its step counter goes on from the checkpoint, so that a resumed run evaluates at the same
                 # multiples of eval_every as one that never stopped.
                 evaluator.n_calls = start // env.num_envs
-            earlier = run_dir / "evaluations.npz"
-            if saved is not None and earlier.exists():
+            past = read_evaluations(run_dir / "evaluations.npz") if saved is not None else None
+            if past is not None:
                 # EvalCallback rewrites evaluations.npz from its own lists: start them with the past, up to
                 # the checkpoint (later evaluations are of steps the resumed run trains again).
-                with np.load(earlier) as past:
-                    kept = past["timesteps"] <= start
-                    evaluator.evaluations_timesteps = past["timesteps"][kept].tolist()
-                    evaluator.evaluations_results = past["results"][kept].tolist()
-                    evaluator.evaluations_length = past["ep_lengths"][kept].tolist()
+                kept = past["timesteps"] <= start
+                evaluator.evaluations_timesteps = past["timesteps"][kept].tolist()
+                evaluator.evaluations_results = past["results"][kept].tolist()
+                evaluator.evaluations_length = past["ep_lengths"][kept].tolist()
             callbacks.append(evaluator)
 
         try:

@@ -115,3 +115,37 @@ def test_an_output_folder_that_cannot_be_one_is_one_line_before_any_work(command
     }
     with pytest.raises(ConfigError, match=message):
         calls[command]()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("evaluations.npz", b"garbage, not a zip", "not a readable evaluations file"),
+        ("evaluations.npz", "arrays", "its arrays are not evaluations"),
+        (
+            "progress.csv",
+            b"time/total_timesteps,rollout/ep_rew_mean\n\xff\xfe\x00\x81\n",
+            "not a readable training log",
+        ),
+        ("progress.csv", "time/total_timesteps,rollout/ep_rew_mean\n64,ten\n", "line 2: a step or return that is not"),
+    ],
+)
+def test_a_damaged_run_record_is_one_line_for_every_reader(name, content, message, tmp_path):
+    """compare, report and --resume read the same files through one reader each."""
+    import numpy as np
+
+    from rims_rl.agents.compare import compare_runs
+    from rims_rl.agents.runs import learning_curve
+
+    run = tmp_path / "runs" / "CartPole-v1" / "ppo-rims" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(CARTPOLE)
+    if content == "arrays":
+        np.savez(run / name, timesteps=np.arange(3), results=np.zeros(3), ep_lengths=np.zeros(3))
+    else:
+        (run / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    source = "eval" if name == "evaluations.npz" else "train"
+    with pytest.raises(ConfigError, match=message):
+        learning_curve(run, source)
+    with pytest.raises(ConfigError, match=message):
+        compare_runs([tmp_path / "runs"], tmp_path / "out", source=source)

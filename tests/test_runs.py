@@ -39,9 +39,9 @@ def run_folder(out: Path, policy: str = "rims", seed: int = 0) -> Path:
     return out / "CartPole-v1" / f"ppo-{policy}" / f"seed{seed}"
 
 
-def start(out: Path, *extra: str, total: int = 1_000_000) -> subprocess.Popen:
+def start(out: Path, *extra: str, total: int = 1_000_000, env: dict | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "rims_rl", "train", *TINY, "--total-steps", str(total), "--out", str(out), *extra]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def wait_for(path: Path, seconds: float = 180) -> None:
@@ -60,11 +60,23 @@ def logged_steps(run: Path) -> list[int]:
         return [int(row["time/total_timesteps"]) for row in csv.DictReader(handle)]
 
 
+def tensorboard_steps(run: Path, tag: str = "time/fps") -> list[int]:
+    """The steps of ``tag`` as TensorBoard shows them: every events file of the run, the purges of a
+    resumed session's writer applied."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    return [event.step for event in events.Tensors(tag)]  # scalars written in TensorBoard's new style
+
+
 def assert_exact_record(run: Path, total: int) -> None:
     """Each step once and in order in every record, nothing left over from an interrupted write."""
     steps = logged_steps(run)
     assert steps == sorted(set(steps)), steps
     assert steps[-1] >= total
+    shown = tensorboard_steps(run)
+    assert shown == sorted(set(shown)) and shown[-1] >= total, shown
     evaluations = np.load(run / "evaluations.npz")["timesteps"].tolist()
     assert evaluations == sorted(set(evaluations)), evaluations
     assert not list(run.rglob("*.tmp"))
@@ -76,9 +88,10 @@ def assert_exact_record(run: Path, total: int) -> None:
 
 @pytest.mark.parametrize("when", ["before-first-checkpoint", "after-checkpoints"])
 def test_kill_9_then_resume_continues_with_each_step_logged_once(tmp_path, when):
-    process = start(tmp_path)
+    first_checkpoint = ["--set", "run.checkpoint_every=100000"] if when == "before-first-checkpoint" else []
+    process = start(tmp_path, *first_checkpoint)
     run = run_folder(tmp_path)
-    wait_for(run / "config.yaml")
+    wait_for(run / "progress.csv")  # the log is live: a row per rollout, checkpoint or not
     if when == "after-checkpoints":
         wait_for(run / "checkpoints" / "latest.pt")
         first = checkpoint_steps(run)
@@ -89,8 +102,7 @@ def test_kill_9_then_resume_continues_with_each_step_logged_once(tmp_path, when)
     process.kill()
     process.wait()
     stopped = checkpoint_steps(run) if (run / "checkpoints" / "latest.pt").exists() else 0
-    if stopped:
-        assert logged_steps(run)[-1] <= stopped  # nothing past the checkpoint reached the disk
+    assert logged_steps(run)  # the log is live: rows reached the disk before any checkpoint did
     # An atomic write the kill interrupted leaves a temporary file beside its target.
     (run / "checkpoints").mkdir(exist_ok=True)
     (run / "checkpoints" / ".latest.pt.abc123.tmp").write_bytes(b"half a checkpoint")
@@ -113,7 +125,7 @@ def test_a_signal_checkpoints_the_last_rollout_start_and_resume_continues(tmp_pa
     assert "rims-rl train --resume" in stderr and "Traceback" not in stderr
     stopped = checkpoint_steps(run)
     assert stopped > 0 and stopped % (16 * 4) == 0  # a rollout boundary: n_steps x n_envs
-    assert logged_steps(run)[-1] == stopped  # the log stops where the checkpoint does
+    assert logged_steps(run)[-1] >= stopped  # the log is live: it may hold the rollout after the checkpoint
     refused = cli("train", *TINY, "--total-steps", "1000000", "--out", str(tmp_path))
     assert refused.returncode == 2 and "--resume" in refused.stderr  # a new run into a held folder
     resumed = cli("train", "--resume", str(run), "--total-steps", str(stopped + 128))
@@ -318,10 +330,41 @@ def wandb_run(run: Path) -> dict:
     return found
 
 
-def test_wandb_records_each_metric_once_per_step_in_one_group_per_curve(tmp_path):
+def offline(home: Path) -> dict:
+    """The environment of a process with no wandb key anywhere (offline), the compiled loop's build shared."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["HOME"] = str(tmp_path)  # no wandb key anywhere: offline
+    env["HOME"] = str(home)
     env["RIMS_RL_BUILD_DIR"] = os.environ.get("RIMS_RL_BUILD_DIR") or str(Path.home() / ".cache" / "rims_rl")
+    return env
+
+
+def test_tensorboard_and_wandb_each_step_once_after_kill_9(tmp_path):
+    """A tracked run killed with rows past its checkpoint on disk: after the resume TensorBoard shows each
+    step once, and the wandb record holds no (metric, step) twice. wandb writes its offline record from a
+    process of its own, which a kill -9 takes down with what it had not written yet: those steps may be
+    missing from wandb (never doubled)."""
+    env = offline(tmp_path)
+    process = start(tmp_path, "--track", env=env)  # checkpoints every 128 steps, rollouts of 64
+    run = run_folder(tmp_path)
+    deadline = time.time() + 180
+    while not (run / "checkpoints" / "latest.pt").exists() or max(logged_steps(run), default=0) <= 192:
+        assert time.time() < deadline, "no rows past the first checkpoint"
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
+    stopped = checkpoint_steps(run)
+    assert max(logged_steps(run)) > stopped  # live: the log went past the checkpoint
+    resumed = cli("train", "--resume", str(run), "--total-steps", str(stopped + 256), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_exact_record(run, stopped + 256)
+    pairs = wandb_run(run)["pairs"]
+    assert len(pairs) == len(set(pairs)), "a (metric, step) twice in the wandb record"
+    assert max(step for _, step in pairs) >= stopped + 256
+    assert {step for key, step in pairs if key == "time/fps"} <= set(tensorboard_steps(run))
+
+
+def test_wandb_records_each_metric_once_per_step_in_one_group_per_curve(tmp_path):
+    env = offline(tmp_path)
     for policy, seed in (("rims", 0), ("rims", 1), ("lstm", 0)):
         args = ["train", *TINY, "--policy", policy, "--seed", str(seed), "--total-steps", "256"]
         result = cli(*args, "--out", str(tmp_path / "runs"), "--track", env=env)
@@ -429,13 +472,15 @@ def test_a_stop_mid_rollout_after_an_evaluation_leaves_each_step_once(tmp_path, 
     train(config)  # stops at the signal, with a checkpoint
     run = run_folder(tmp_path)
     assert checkpoint_steps(run) == 64
-    assert all(step <= 64 for step in logged_steps(run))  # nothing past the checkpoint reached the log
+    assert 96 in logged_steps(run)  # the log is live: the evaluation's row is there until the resume
     with np.load(run / "evaluations.npz") as evaluations:
         assert evaluations["timesteps"].tolist() == [96]  # written by SB3 at once: the resume must drop it
     monkeypatch.setattr(train_module, "EvalCallback", StopAfterEvaluating.__mro__[1])
     resume(run)
     steps = logged_steps(run)
     assert steps == sorted(set(steps)) and steps[-1] == 192
+    # As TensorBoard shows the event files of both sessions: each rollout's row and each evaluation once.
+    assert tensorboard_steps(run) == [64, 128, 192] and tensorboard_steps(run, "eval/mean_reward") == [96, 192]
     with np.load(run / "evaluations.npz") as evaluations:
         assert evaluations["timesteps"].tolist() == [96, 192]
 

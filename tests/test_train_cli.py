@@ -65,7 +65,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     model = build_model(config, env, torch.device("cpu"))
     model.set_logger(Logger(None, []))
     path = tmp_path / "latest.pt"
-    callback = Checkpointer(path, 1, to_dict(config), None, "train")
+    callback = Checkpointer(path, 1, to_dict(config), "train")
     callback.init_callback(model)
     callback.on_training_start(locals(), globals())
     callback.on_rollout_start()
