@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
+import os
 import re
 import types
 import typing
@@ -654,6 +656,26 @@ class A2CConfig(_OnPolicyConfig):
     use_rms_prop: bool | None = None
 
 
+# Bytes a trained parameter takes: float32 weight, gradient and Adam's two moments.
+TRAINING_BYTES_PER_PARAMETER = 16
+# The width a features extractor hands the core, per features kind (a row's width for a set), for the
+# memory estimate; flatten and combined depend on the observations alone, so 1024 is assumed.
+FEATURES_WIDTH = {
+    "nature_cnn": {"vector": 512, "set": 66},
+    "minigrid": {"vector": 128, "set": 32},
+    "flatten": {"vector": 1024, "set": 1024},
+    "combined": {"vector": 1024, "set": 1024},
+}
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 # The features extractors with a set sibling (rims_rl.extractors.set_extractor_for).
 SET_EXTRACTORS = ("nature_cnn", "minigrid")
 
@@ -720,6 +742,40 @@ class TrainConfig:
                 self.ppo.n_steps * self.env.n_envs > 1,
                 "ppo.n_steps x env.n_envs must be more than 1 (a rollout of one step has no minibatch)",
             )
+        parameters = self.parameter_estimate()
+        needed, available = parameters * TRAINING_BYTES_PER_PARAMETER, physical_memory()
+        _check(
+            available is None or needed <= available,
+            f"the policy would have about {parameters:,} parameters: {needed / 2**30:.1f} GiB to train with "
+            f"gradients and Adam, more than this machine's {(available or 0) / 2**30:.1f} GiB; choose smaller "
+            f"{'rims.unit_size / rims.num_units' if self.policy == 'rims' else 'lstm.lstm_hidden_size'} or "
+            "policy_kwargs.net_arch",
+        )
+
+    def parameter_estimate(self) -> int:
+        """The policy's parameters, counted before anything is built: the recurrent core(s) exactly (built on
+        the meta device, which holds no memory) for the features width its extractor gives (an assumed 1024
+        where only the environment knows it), the heads from ``net_arch``. The extractor is left out."""
+        import torch
+
+        from rims_rl.cores import build_core
+
+        width = FEATURES_WIDTH[self.policy_kwargs.features_extractor][self.policy_kwargs.features]
+        if self.policy == "rims":
+            settings, output = self.rims.kwargs(), self.rims.num_units * self.rims.unit_size
+        else:
+            settings, output = {"hidden_size": self.lstm.lstm_hidden_size}, self.lstm.lstm_hidden_size
+        with torch.device("meta"):
+            core = build_core(self.policy, width, settings)
+        cores = 2 if self.policy_kwargs.critic_core == "separate" else 1
+        arch = self.policy_kwargs.net_arch
+        heads = arch if isinstance(arch, dict) else {"pi": arch, "vf": arch}
+        layers = sum(
+            (fan_in + 1) * fan_out
+            for widths in heads.values()
+            for fan_in, fan_out in itertools.pairwise([output, *widths])
+        )
+        return cores * sum(p.numel() for p in core.parameters()) + layers
 
     @property
     def hyperparameters(self) -> PPOConfig | A2CConfig:

@@ -149,3 +149,30 @@ def test_a_damaged_run_record_is_one_line_for_every_reader(name, content, messag
         learning_curve(run, source)
     with pytest.raises(ConfigError, match=message):
         compare_runs([tmp_path / "runs"], tmp_path / "out", source=source)
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "what"),
+    [
+        ("atari/ppo_rims.yaml", [("rims.unit_size", 8192)], "rims.unit_size"),
+        ("atari/ppo_rims.yaml", [("policy", "lstm"), ("lstm.lstm_hidden_size", 65536)], "lstm.lstm_hidden_size"),
+        ("minigrid/pickup.yaml", [("policy_kwargs.net_arch", [65536, 65536])], "net_arch"),
+        ("minigrid/pickup.yaml", [("rims.comm_key_size", 65536), ("rims.num_units", 256)], "rims.unit_size"),
+    ],
+)
+def test_sizes_memory_cannot_hold_are_one_line_with_the_estimate(config, overrides, what, monkeypatch):
+    """The config check counts the policy's parameters (the cores on the meta device) before anything is built."""
+    from rims_rl.agents import config as config_module
+
+    monkeypatch.setattr(config_module, "physical_memory", lambda: 24 * 2**30)  # the project's machines
+    with pytest.raises(ConfigError, match=r"parameters: [0-9.]+ GiB to train .* more than this machine's 24\.0 GiB"):
+        resolve_config(config, overrides)
+    with pytest.raises(ConfigError, match=what):
+        resolve_config(config, overrides)
+    resolve_config(config)  # the packaged sizes fit
+
+
+def test_an_oversized_core_is_refused_by_the_command_line_before_any_work(tmp_path):
+    result = cli("train", "--set", "rims.unit_size=8192", "--out", str(tmp_path / "runs"), timeout=60)
+    assert_one_line_error(result, "GiB to train with gradients and Adam")
+    assert not (tmp_path / "runs").exists()
