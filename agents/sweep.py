@@ -67,13 +67,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rims_rl.agents.config import ConfigError, SweepConfig, load, resolve_path, to_dict
-from rims_rl.agents.runs import check_writable, run_dir_for, run_state
+from rims_rl.agents.runs import check_writable, read_rows, run_dir_for, run_state
 
 __all__ = [
     "Sweep",
@@ -418,10 +418,17 @@ def _run_local(sweep: Sweep, log: Callable[[str], None]) -> tuple[list[dict[str,
     with ThreadPoolExecutor(max_workers=min(sweep.workers, len(sweep.runs))) as pool:
         futures = {pool.submit(run_one, run, stop): index for index, run in enumerate(sweep.runs)}
         try:
-            for future in as_completed(futures):
-                index = futures[future]
-                results[index] = _outcome(future, sweep.runs[index])
-                log(_progress(results[index], len(results), len(sweep.runs)))
+            pending = set(futures)
+            while pending:
+                # A line a minute on the runs in progress, so that a sweep's output (often a log file) shows
+                # it is alive between the runs' ends.
+                finished, pending = wait(pending, timeout=HEARTBEAT_SECONDS, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    index = futures[future]
+                    results[index] = _outcome(future, sweep.runs[index])
+                    log(_progress(results[index], len(results), len(sweep.runs)))
+                if not finished:
+                    log(_heartbeat([sweep.runs[futures[f]] for f in pending if f.running()]))
         except KeyboardInterrupt:
             interrupted = True
             stop.set()
@@ -430,6 +437,23 @@ def _run_local(sweep: Sweep, log: Callable[[str], None]) -> tuple[list[dict[str,
                 if index not in results:
                     results[index] = _outcome(future, sweep.runs[index])  # quick once stop is set
     return [results[index] for index in range(len(sweep.runs))], interrupted
+
+
+HEARTBEAT_SECONDS = 60.0
+
+
+def _heartbeat(running: list[SweepRun]) -> str:
+    """Where each running run is: the last step its live log holds."""
+    parts = []
+    for run in running:
+        try:
+            rows = read_rows(Path(run.run_dir) / "progress.csv")
+            step = rows[-1].get("time/total_timesteps") if rows else None
+        except ConfigError:
+            step = None
+        total = run.config.get("total_steps")
+        parts.append(f"{run.name} at {int(float(step)):,}" + (f" of {total:,}" if total else "") if step else run.name)
+    return "running: " + ("; ".join(parts) if parts else "nothing yet")
 
 
 def _outcome(future: Future, run: SweepRun) -> dict[str, Any]:

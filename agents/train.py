@@ -19,6 +19,8 @@ A non-finite parameter stops training with one line and leaves the last good che
 from __future__ import annotations
 
 import signal
+import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -224,6 +226,34 @@ class Checkpointer(BaseCallback):
         save_checkpoint(self.path, self.kind, payload)
 
 
+class ProgressLines(BaseCallback):
+    """A plain line of progress at most every ``every`` seconds (at rollout ends), for output that is not a
+    terminal (a pipe, a log file), where a progress bar prints nothing until the end."""
+
+    def __init__(self, total: int, every: float = 60.0) -> None:
+        super().__init__()
+        self.total, self.every = total, every
+        self._last = self._start = 0.0
+        self._steps_at_start = 0
+
+    def _on_training_start(self) -> None:
+        self._last = self._start = time.monotonic()
+        self._steps_at_start = self.num_timesteps
+
+    def _on_rollout_end(self) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        rate = (self.num_timesteps - self._steps_at_start) / max(now - self._start, 1e-9)
+        returns = [episode["r"] for episode in self.model.ep_info_buffer or []]
+        recent = f", mean training return {np.mean(returns):.2f}" if returns else ""
+        print(f"step {self.num_timesteps:,} of {self.total:,}, {rate:.0f} steps/s{recent}", flush=True)
+
+    def _on_step(self) -> bool:
+        return True
+
+
 @contextmanager
 def stop_on_signals(stopper: Checkpointer) -> Iterator[None]:
     """Inside, SIGINT and SIGTERM make ``stopper`` write a last checkpoint and end training cleanly."""
@@ -333,12 +363,16 @@ def _train(config: TrainConfig, run_dir: Path, saved: dict[str, Any] | None) -> 
                 evaluator.evaluations_length = past["ep_lengths"][kept].tolist()
             callbacks.append(evaluator)
 
+        # A progress bar on a terminal; elsewhere a line a minute (a bar in a pipe says nothing until the end).
+        bar = run.progress and sys.stdout.isatty()
+        if run.progress and not bar:
+            callbacks.append(ProgressLines(config.total_steps))
         try:
             with stop_on_signals(stopper):
                 model.learn(
                     total_timesteps=max(config.total_steps - model.num_timesteps, 0),
                     callback=CallbackList(callbacks),
-                    progress_bar=run.progress,
+                    progress_bar=bar,
                     reset_num_timesteps=saved is None,
                 )
             if stopper.signal is None:

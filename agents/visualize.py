@@ -44,12 +44,13 @@ def _raster(active: np.ndarray, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     steps, units = active.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, steps * 0.18), 0.4 * units + 1.2))
+    # A column per step up to a page's width (16 in, about 1,900 px): a long episode's steps share pixels.
+    fig, ax = plt.subplots(figsize=(min(max(4.0, steps * 0.18), 16.0), 0.4 * units + 1.4))
     ax.imshow(active.T, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xlabel("step")
     ax.set_ylabel("unit")
     ax.set_yticks(range(units))
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9, wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

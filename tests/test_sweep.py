@@ -280,3 +280,16 @@ def test_ray_backend_runs_stops_and_resumes_the_grid_on_a_local_instance(tmp_pat
     assert result.returncode == 0, result.stderr
     assert "2 runs: 1 done, 1 resumed" in result.stdout
     check_resumed(out, stopped_at, rims_log)
+
+
+def test_a_sweep_says_where_its_runs_are_while_they_train(tmp_path, monkeypatch):
+    """Between the runs' ends a sweep prints a line per heartbeat with each running run's last logged step."""
+    from rims_rl.agents import sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "HEARTBEAT_SECONDS", 0.5)
+    spec = {"grid": {"run.seed": [0]}, "overrides": {**TINY, "total_steps": 2048}, "workers": 1}
+    lines = []
+    result = sweep_module.run_sweep(load_sweep(write_sweep(tmp_path, **spec)), log=lines.append)
+    assert result["failed"] == 0
+    beats = [line for line in lines if line.startswith("running: ")]
+    assert beats and any(" at " in line and "of 2,048" in line for line in beats), lines

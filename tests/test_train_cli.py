@@ -234,3 +234,19 @@ def test_ranges_hold_at_their_ends(key, value, accepted):
     else:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.") + " must be in"):
             resolve_config("atari/ppo_rims.yaml", [(key, value)])
+
+
+def test_without_a_terminal_progress_is_a_plain_line(tmp_path, monkeypatch, capsys):
+    """Output that is not a terminal (a pipe, a log file) gets lines of progress instead of a bar."""
+    import rims_rl.agents.train as train_module
+
+    class Often(train_module.ProgressLines):
+        def __init__(self, total: int) -> None:
+            super().__init__(total, every=0.0)
+
+    monkeypatch.setattr(train_module, "ProgressLines", Often)
+    settings = ["ppo.n_steps=16", "ppo.batch_size=32", "ppo.n_epochs=1", "run.eval_every=0", "run.progress=true"]
+    config = resolve_config("classic/cartpole.yaml", pairs(*settings, "total_steps=128", f"run.out={tmp_path}"))
+    train_module.train(config)
+    out = capsys.readouterr().out
+    assert "step 64 of 128," in out and "steps/s" in out
