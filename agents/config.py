@@ -833,19 +833,68 @@ class ImitationEnv:
 
 
 @dataclass
+class ExpertPPO:
+    """``expert.ppo``: SB3 PPO's settings for the state-based expert, and its policy's (log_std_init,
+    net_arch); unset optional ones keep SB3's defaults."""
+
+    n_steps: Annotated[int, Range(1, 1_000_000)]
+    batch_size: Annotated[int, Range(2, 10_000_000)]
+    gamma: Annotated[float, Range(0.0, 1.0, low_open=True)]
+    learning_rate: PositiveFloat
+    ent_coef: NonNegativeFloat
+    clip_range: PositiveFloat
+    n_epochs: Annotated[int, Range(1, 1000)]
+    gae_lambda: Probability
+    max_grad_norm: PositiveFloat
+    vf_coef: NonNegativeFloat
+    log_std_init: Annotated[float, Range(-20.0, 20.0)]
+    net_arch: list[Size]
+    clip_range_vf: PositiveFloat | None = None
+    target_kl: PositiveFloat | None = None
+
+
+# Floats a SAC replay buffer keeps per transition of HalfCheetah (17 observations, 6 actions): the
+# observation and the next one, the action, the reward and the done flag; for the memory check.
+CHEETAH_TRANSITION_FLOATS = 2 * 17 + 6 + 2
+
+
+@dataclass
+class ExpertSAC:
+    """``expert.sac``: SB3 SAC's settings for the state-based expert, and its policy's net_arch; unset
+    optional ones keep SB3's defaults."""
+
+    learning_starts: Annotated[int, Range(0, 10**9)]
+    learning_rate: PositiveFloat
+    buffer_size: Annotated[int, Range(1, 10**9)]
+    batch_size: Annotated[int, Range(1, 10_000_000)]
+    gamma: Annotated[float, Range(0.0, 1.0, low_open=True)]
+    tau: Annotated[float, Range(0.0, 1.0, low_open=True)]
+    net_arch: list[Size]
+    train_freq: Count | None = None
+    gradient_steps: Count | None = None
+
+    def check(self, where: str) -> None:
+        needed, available = self.buffer_size * CHEETAH_TRANSITION_FLOATS * 4, physical_memory()
+        _check(
+            available is None or needed <= available,
+            f"{where}.buffer_size: {self.buffer_size:,} transitions take about {needed / 2**30:.1f} GiB, more than "
+            f"this machine's {(available or 0) / 2**30:.1f} GiB",
+        )
+
+
+@dataclass
 class ImitationExpert:
     algo: Literal["ppo", "sac"]
     total_steps: Count
     normalize: bool
     eval_episodes: Count
     checkpoint_every: Natural
-    ppo: dict[str, Any]  # SB3 PPO's keyword arguments, plus log_std_init and net_arch
-    sac: dict[str, Any]  # SB3 SAC's keyword arguments, plus net_arch
+    ppo: ExpertPPO
+    sac: ExpertSAC
 
-    def check(self, where: str) -> None:
-        for name in ("ppo", "sac"):
-            arch = getattr(self, name).get("net_arch")
-            _value(arch, list[Size], f"{where}.{name}.net_arch")
+    def settings(self) -> dict[str, Any]:
+        """The chosen algorithm's settings as SB3's keyword arguments (and the policy's), unset ones left out."""
+        return {key: value for key, value in to_dict(getattr(self, self.algo)).items() if value is not None}
 
 
 @dataclass

@@ -81,7 +81,7 @@ def _build_expert(config: ImitationConfig, env):
     """The expert (SB3 PPO or SAC on the state vector) that ``expert.<algo>`` describes, on ``env``: what
     training builds, and what playing the saved expert rebuilds before loading its weights."""
     algo = config.expert.algo
-    settings = dict(getattr(config.expert, algo))
+    settings = config.expert.settings()
     net_arch = settings.pop("net_arch")
     policy_kwargs: dict[str, Any] = {"net_arch": net_arch}
     if algo == "ppo":
@@ -107,7 +107,7 @@ def _state_env(config: ImitationConfig, normalizer: dict[str, Any] | None = None
     )
     if not config.expert.normalize:
         return env
-    env = VecNormalize(env, gamma=getattr(config.expert, config.expert.algo)["gamma"])
+    env = VecNormalize(env, gamma=getattr(config.expert, config.expert.algo).gamma)
     if normalizer is not None:
         set_normalizer(env, normalizer)
         env.training = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -176,3 +177,23 @@ def test_an_oversized_core_is_refused_by_the_command_line_before_any_work(tmp_pa
     result = cli("train", "--set", "rims.unit_size=8192", "--out", str(tmp_path / "runs"), timeout=60)
     assert_one_line_error(result, "GiB to train with gradients and Adam")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("expert.sac.gamma=5", "expert.sac.gamma must be in (0, 1], got 5.0"),
+        ("expert.sac.bogus=1", "unknown config key 'expert.sac.bogus'"),
+        ("expert.ppo.lerning_rate=1", "did you mean learning_rate?"),
+        ("expert.sac.learning_rate=-1", "expert.sac.learning_rate must be in (0, inf)"),
+        ("expert.sac.buffer_size=900000000", "transitions take about 140.8 GiB"),
+    ],
+)
+def test_the_imitation_experts_settings_are_checked_like_ppos(setting, message, monkeypatch):
+    """Checked by the schema when the config loads, before MuJoCo starts (SB3 took them unchecked)."""
+    from rims_rl.agents import config as config_module
+    from rims_rl.agents.imitation import load_imitation_config
+
+    monkeypatch.setattr(config_module, "physical_memory", lambda: 24 * 2**30)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_imitation_config(overrides=[parse_set(setting)])
