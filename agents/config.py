@@ -104,6 +104,26 @@ class Pattern:
 
 
 @dataclass(frozen=True)
+class LinearDecay:
+    """``lin_X``: a linear decay from X to 0 over training (rl-zoo's notation), X a finite positive number."""
+
+    what: str = "a positive number or lin_<positive number>"
+
+    @staticmethod
+    def applies(value: Any) -> bool:
+        return isinstance(value, str)
+
+    def check(self, value: str, where: str) -> None:
+        start = value[4:] if value.startswith("lin_") else ""
+        try:
+            valid = bool(re.fullmatch(r"[0-9.eE+-]+", start)) and math.isfinite(float(start)) and float(start) > 0
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(f"{where} must be {self.what}, got {value!r}")
+
+
+@dataclass(frozen=True)
 class Available:
     """A torch device this machine has (``auto`` always: a GPU when there is one)."""
 
@@ -134,14 +154,7 @@ Seed = Annotated[int, Range(0, 2**32 - 1)]
 Label = Annotated[str, Pattern(r"(?!\.+$)[A-Za-z0-9_.+-]+", "a name of letters, digits and _.+- only, not dots only")]
 # A learning rate or clip range: a positive number, or lin_X for a linear decay from X to 0 over training
 # (rl-zoo's notation).
-Schedule = Annotated[
-    Union[float, str],  # noqa: UP007
-    Range(0.0, None, low_open=True),
-    # lin_ and a number that is not zero (the lookahead refuses one of zeros and dots alone).
-    Pattern(
-        r"lin_(?![0.]*([eE][+-]?\d+)?$)(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", "a positive number or lin_<positive number>"
-    ),
-]
+Schedule = Annotated[Union[float, str], Range(0.0, None, low_open=True), LinearDecay()]  # noqa: UP007
 Device = Annotated[str, Pattern(r"auto|cpu|cuda(:\d+)?", "auto, cpu or cuda[:N]"), Available()]
 
 
@@ -658,14 +671,11 @@ class A2CConfig(_OnPolicyConfig):
 
 # Bytes a trained parameter takes: float32 weight, gradient and Adam's two moments.
 TRAINING_BYTES_PER_PARAMETER = 16
-# The width a features extractor hands the core, per features kind (a row's width for a set), for the
-# memory estimate; flatten and combined depend on the observations alone, so 1024 is assumed.
-FEATURES_WIDTH = {
-    "nature_cnn": {"vector": 512, "set": 66},
-    "minigrid": {"vector": 128, "set": 32},
-    "flatten": {"vector": 1024, "set": 1024},
-    "combined": {"vector": 1024, "set": 1024},
-}
+# What a features extractor hands the core, for the memory estimate: its width (flatten and combined depend
+# on the observations alone: 1024 assumed) and, for a set, (rows, row width) of Atari's 84x84 frames and
+# MiniGrid's 7x7 view and mission. A RIMs core reads a row; an LSTM reads the rows flattened.
+FEATURES_WIDTH = {"nature_cnn": 512, "minigrid": 128, "flatten": 1024, "combined": 1024}
+SET_ROWS = {"nature_cnn": (49, 66), "minigrid": (50, 32)}
 
 
 def physical_memory() -> int | None:
@@ -742,6 +752,16 @@ class TrainConfig:
                 self.ppo.n_steps * self.env.n_envs > 1,
                 "ppo.n_steps x env.n_envs must be more than 1 (a rollout of one step has no minibatch)",
             )
+        if self.policy_kwargs.features == "set":  # the observations must give rows, which the env kind says
+            from rims_rl.envs import env_kind
+
+            kind, extractor = env_kind(self.env.id), self.policy_kwargs.features_extractor
+            _check(
+                (extractor == "minigrid") == (kind == "minigrid"),
+                f"policy_kwargs.features: set with features_extractor {extractor} needs "
+                f"{'a MiniGrid environment' if extractor == 'minigrid' else 'image observations'}, which "
+                f"{self.env.id} ({kind}) does not give",
+            )
         parameters = self.parameter_estimate()
         needed, available = parameters * TRAINING_BYTES_PER_PARAMETER, physical_memory()
         _check(
@@ -760,7 +780,11 @@ class TrainConfig:
 
         from rims_rl.cores import build_core
 
-        width = FEATURES_WIDTH[self.policy_kwargs.features_extractor][self.policy_kwargs.features]
+        extractor = self.policy_kwargs.features_extractor
+        width = FEATURES_WIDTH[extractor]
+        if self.policy_kwargs.features == "set":
+            rows, row = SET_ROWS[extractor]
+            width = row if self.policy == "rims" else rows * row
         if self.policy == "rims":
             settings, output = self.rims.kwargs(), self.rims.num_units * self.rims.unit_size
         else:

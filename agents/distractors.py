@@ -22,7 +22,6 @@ import numpy as np
 
 from rims_rl.agents.config import ConfigError, SweepConfig, load, to_dict
 from rims_rl.agents.evaluate import evaluate_run
-from rims_rl.agents.runs import check_writable
 from rims_rl.agents.stats import mean_ci, success_ci
 from rims_rl.agents.sweep import load_sweep, run_sweep
 from rims_rl.envs import EVAL_SPLITS, is_pickup_id
@@ -53,14 +52,15 @@ def run_distractors(
             raise ConfigError("--seeds: give at least one seed")
         spec["grid"]["run.seed"] = list(seeds)
     if variants is not None:
-        unknown = sorted(set(variants) - set(spec["variants"] or {}))
+        named = spec.get("variants") or {}
+        unknown = sorted(set(variants) - set(named))
         if unknown:
-            raise ConfigError(f"--variants: {', '.join(unknown)} not in {path}; it has {', '.join(spec['variants'])}")
-        spec["variants"] = {name: spec["variants"][name] for name in variants}
+            has = f"it has {', '.join(named)}" if named else "it has no variants"
+            raise ConfigError(f"--variants: {', '.join(unknown)} not in {path}; {has}")
+        spec["variants"] = {name: named[name] for name in variants}
     if out is not None:
         spec["out"] = str(out)
     sweep = load_sweep(spec, overrides, workers=workers, name=str(path))
-    check_writable(sweep.out)
     for run in sweep.runs:
         env = run.config["env"]
         if not is_pickup_id(env["id"]) or env.get("split", "train") != "train":

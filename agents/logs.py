@@ -12,8 +12,9 @@ after it, so the record is cut back to the checkpoint first (``RunLog(resume_fro
 - TensorBoard's new writer starts with ``purge_step`` = step + 1, which tells TensorBoard to drop what the
   earlier files hold from there on;
 - wandb cannot take a point back (offline, its record only grows; online, rewinding a run is a server
-  feature), so the steps it already has are not sent again: those past the checkpoint were logged before
-  the stop, and the resumed run takes them again from the checkpoint's random state.
+  feature), so the steps it already has are not sent again: the last step sent is kept in the run folder
+  (``wandb_step``, see :mod:`rims_rl.agents.tracking`), and the resumed run takes the steps up to it again
+  from the checkpoint's random state without sending them.
 
 Files: ``progress.csv`` (one row per step; the header is the union of every row's keys) and
 ``tensorboard/`` (a new events file per session).
@@ -73,16 +74,17 @@ class RunLog(KVWriter):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / CSV_NAME
         self.tracking = tracking
+        self.resume_from = resume_from
         on_disk = read_rows(self.path)
-        rows = [row for row in on_disk if _step(row) is not None]
-        # What wandb has already: every row a session before this one logged (a resumed run's tracking
-        # continues the same wandb run), also those past the checkpoint.
-        self._tracked_up_to = max((_step(row) for row in rows), default=-1)
-        if rows or on_disk:
-            kept = [row for row in rows if _step(row) <= resume_from]
-            if len(kept) != len(on_disk):
-                self._rewrite(kept)
-            rows = kept
+        # A line a stop cut short has no newline at its end (and may lack fields): it goes, and so do the
+        # rows past the step training starts from.
+        cut = bool(on_disk) and not self.path.read_bytes().endswith(b"\n")
+        whole = on_disk[:-1] if cut else on_disk
+        rows = [row for row in whole if None not in row and None not in row.values() and _step(row) is not None]
+        kept = [row for row in rows if _step(row) <= resume_from]
+        if len(kept) != len(on_disk):
+            self._rewrite(kept)
+        rows = kept
         self.rows: list[dict[str, Any]] = rows
         self.keys = list(dict.fromkeys(key for row in rows for key in row))
         self._tensorboard = None
@@ -105,7 +107,7 @@ class RunLog(KVWriter):
             for key, value in values.items():
                 self._tensorboard.add_scalar(key, value, int(step), new_style=True)
             self._tensorboard.flush()
-        if self.tracking is not None and int(step) > self._tracked_up_to:
+        if self.tracking is not None and int(step) > self.tracking.sent_up_to:
             self.tracking.log(values, int(step))
 
     def _write_csv(self, row: dict[str, Any]) -> None:
@@ -137,7 +139,7 @@ class RunLog(KVWriter):
         the files do not have yet."""
         last = _step(self.rows[-1]) if self.rows else None
         for row in rows:
-            if last is None or row[STEP_KEY] > last:
+            if (last is None or row[STEP_KEY] > last) and row[STEP_KEY] <= self.resume_from:
                 self.write({k: v for k, v in row.items() if k != STEP_KEY}, {}, row[STEP_KEY])
 
     def close(self) -> None:

@@ -9,7 +9,9 @@
   the same chart. The environment is the job type and a tag; the run's name is ``<label>-seed<N>``.
 - **Environment steps on the x-axis** (``global_step``).
 - **The config is the run's config** (what ``config.yaml`` holds), not SB3's internals.
-- **A resumed run continues the same wandb run**: its id is kept in ``<run>/wandb_id``.
+- **A resumed run continues the same wandb run**: its id is kept in ``<run>/wandb_id``, and the last step
+  sent to it in ``<run>/wandb_step`` (never lowered), so that steps wandb has are not sent again after a
+  resume (:mod:`rims_rl.agents.logs`).
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from rims_rl.agents.config import TrainConfig, to_dict
 from rims_rl.agents.runs import run_label
 from rims_rl.envs import env_name
 
-__all__ = ["ID_FILE", "Tracking", "start_tracking", "wandb_mode"]
+__all__ = ["ID_FILE", "STEP_FILE", "Tracking", "start_tracking", "wandb_mode"]
 
 ID_FILE = "wandb_id"
+STEP_FILE = "wandb_step"
 
 
 def wandb_mode() -> str:
@@ -48,9 +51,11 @@ def wandb_mode() -> str:
 
 @dataclass
 class Tracking:
-    """An open wandb run."""
+    """An open wandb run, and the last environment step sent to it (by this session or one before)."""
 
     run: Any
+    step_file: Path
+    sent_up_to: int = -1
 
     def log(self, values: dict[str, float], step: int) -> None:
         """One row of metrics at environment step ``step``."""
@@ -58,12 +63,23 @@ class Tracking:
             self.run.log({**values, "global_step": step})
         except Exception as error:  # tracking must never fail a training run
             warnings.warn(f"wandb: could not log step {step}: {error}", stacklevel=2)
+            return
+        self.sent_up_to = max(self.sent_up_to, step)
+        atomic_write(self.step_file, f"{self.sent_up_to}\n".encode())
 
     def finish(self) -> None:
         try:
             self.run.finish()
         except Exception as error:  # tracking must never fail a training run
             warnings.warn(f"wandb: could not finish the run cleanly: {error}", stacklevel=2)
+
+
+def _last_sent(step_file: Path) -> int:
+    """The last step a session before sent to wandb (-1 when none, or the file is unreadable)."""
+    try:
+        return int(step_file.read_text().strip())
+    except (OSError, ValueError):
+        return -1
 
 
 def start_tracking(config: TrainConfig, run_dir: Path) -> Tracking | None:
@@ -74,7 +90,8 @@ def start_tracking(config: TrainConfig, run_dir: Path) -> Tracking | None:
 
         env, label = env_name(config.env.id), run_label(config.algo, config.policy, config.run.label)
         id_file = Path(run_dir) / ID_FILE
-        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+        continued = id_file.is_file()
+        run_id = id_file.read_text().strip() if continued else uuid.uuid4().hex[:12]
         run = wandb.init(
             project=config.run.wandb_project,
             id=run_id,
@@ -92,7 +109,8 @@ def start_tracking(config: TrainConfig, run_dir: Path) -> Tracking | None:
         run.define_metric("global_step")
         run.define_metric("*", step_metric="global_step")
         atomic_write(id_file, f"{run_id}\n".encode())
-        return Tracking(run)
+        step_file = Path(run_dir) / STEP_FILE
+        return Tracking(run, step_file, _last_sent(step_file) if continued else -1)
     except Exception as error:
         warnings.warn(f"wandb tracking is off for this run: {error}", stacklevel=2)
         return None

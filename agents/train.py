@@ -49,7 +49,7 @@ from rims_rl.agents.logs import RunLog
 from rims_rl.agents.runs import CHECKPOINT, read_evaluations, run_dir_for, run_state
 from rims_rl.agents.tracking import start_tracking
 from rims_rl.envs import make_env
-from rims_rl.extractors import MiniGridExtractor
+from rims_rl.extractors import MiniGridExtractor, set_extractor_for
 from rims_rl.policies import LstmPolicy, RimsPolicy
 from rims_rl.utils import resolve_device
 
@@ -120,6 +120,11 @@ def build_model(config: TrainConfig, env, device: torch.device):
     hyper = {key: schedule(value) for key, value in to_dict(config.hyperparameters).items() if value is not None}
     settings = to_dict(config.policy_kwargs)
     extractor = EXTRACTORS[settings.pop("features_extractor")]
+    if settings["features"] == "set":  # the config check knows the env kind; here the observations themselves
+        try:
+            set_extractor_for(extractor, env.observation_space)
+        except ValueError as error:
+            raise ConfigError(f"policy_kwargs.features: {error}") from None
     policy_kwargs = {**settings, "features_extractor_class": extractor}
     if config.policy == "rims":
         policy_kwargs["rims_kwargs"] = config.rims.kwargs()

@@ -283,8 +283,9 @@ def step_backward(
     ``dh, dc`` after the step -> before it (before any reset), and the step's gradients of the hidden
     projection's output (``projected``), the input scores (``scores``), the read-out (``readout``) and,
     with communication, of the comm projections (``qkv``, ``out``); weight gradients are formed from
-    those over all steps at once by the caller. ``step`` holds this step's :func:`step_factors` and the
-    saved ``qkv`` and ``attention``; ``weights_t`` the weights transposed (last two dimensions). The scores'
+    those over all steps at once by the caller. ``step`` holds this step's :func:`step_factors` (with a set,
+    the input attention as ``attention``) and the saved ``qkv`` and ``comm_attention``; ``weights_t`` the
+    weights transposed (last two dimensions). The scores'
     gradient is ``(K, B, H)`` for one row, ``(K, B, H, N + 1)`` for a set.
     """
     units, batch, size = spec.units, dh.shape[1], spec.unit_size

@@ -86,6 +86,9 @@ def test_a_damaged_run_config_is_one_line_for_every_reader(tmp_path):
         ("ppo.learning_rate", "lin_0", "ppo.learning_rate must be a positive number or lin_<positive number>"),
         ("ppo.clip_range", "lin_0.0", "ppo.clip_range must be a positive number"),
         ("ppo.learning_rate", "lin_0e3", "a positive number or lin_"),
+        ("ppo.learning_rate", "lin_1e999", "a positive number or lin_"),  # infinite
+        ("ppo.clip_range", "lin_1e-400", "a positive number or lin_"),  # zero once read
+        ("ppo.learning_rate", "lin_nan", "a positive number or lin_"),
     ],
 )
 def test_values_the_schema_promises_to_refuse(key, value, message):
@@ -197,3 +200,18 @@ def test_the_imitation_experts_settings_are_checked_like_ppos(setting, message, 
     monkeypatch.setattr(config_module, "physical_memory", lambda: 24 * 2**30)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_imitation_config(overrides=[parse_set(setting)])
+
+
+def test_variants_of_a_sweep_without_variants_is_one_line(tmp_path):
+    from rims_rl.agents.distractors import run_distractors
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("command: train\nconfig: minigrid/pickup.yaml\nout: out\ngrid: {run.seed: [0]}\n")
+    with pytest.raises(ConfigError, match=r"--variants: rims not in .* it has no variants"):
+        run_distractors(path, variants=["rims"])
+
+
+def test_the_memory_estimate_counts_an_lstm_reading_a_set_flattened():
+    vector = resolve_config("minigrid/pickup.yaml", [("policy", "lstm")]).parameter_estimate()
+    rows = resolve_config("minigrid/pickup.yaml", [("policy", "lstm"), ("policy_kwargs.features", "set")])
+    assert rows.parameter_estimate() == vector + 2 * 4 * 192 * (50 * 32 - 128)  # two cores' wider input weights

@@ -500,3 +500,56 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path):
     assert again.returncode == 0 and "finished at 64 steps, its total_steps: nothing to train" in again.stdout
     assert "Traceback" not in again.stderr
     assert files() == before  # no new model, checkpoint, config or event file
+
+
+class FakeWandb:
+    """What a wandb run is to the log: something that takes points."""
+
+    def __init__(self) -> None:
+        self.points = []
+
+    def log(self, values: dict) -> None:
+        self.points.append(values["global_step"])
+
+
+def session(run: Path, resume_from: int, steps: list[int], wandb: FakeWandb | None = None) -> None:
+    """One session of training as the log sees it: opened at ``resume_from``, rows at ``steps``, then killed."""
+    from rims_rl.agents.logs import RunLog
+    from rims_rl.agents.tracking import STEP_FILE, Tracking, _last_sent
+
+    tracking = None
+    if wandb is not None:
+        step_file = run / STEP_FILE
+        tracking = Tracking(wandb, step_file, _last_sent(step_file))
+    log = RunLog(run, resume_from=resume_from, tracking=tracking, tensorboard=False)
+    for step in steps:
+        log.write({"rollout/ep_rew_mean": float(step)}, {}, step)
+
+
+def test_wandb_is_never_sent_a_step_twice_over_two_stops_in_a_row(tmp_path):
+    """Killed past its checkpoint (800), then killed again before logging anything: the third session
+    still knows wandb has everything up to 1000 (the CSV, cut back to 800, no longer says so)."""
+    wandb = FakeWandb()
+    session(tmp_path, 0, [200, 400, 600, 800, 1000], wandb)
+    session(tmp_path, 800, [], wandb)
+    session(tmp_path, 800, [1000, 1200], wandb)
+    assert wandb.points == [200, 400, 600, 800, 1000, 1200]
+    assert logged_steps(tmp_path) == [200, 400, 600, 800, 1000, 1200]
+
+
+def test_a_log_line_a_stop_cut_short_goes_at_the_resume(tmp_path):
+    session(tmp_path, 0, [800, 1600])
+    path = tmp_path / "progress.csv"
+    path.write_text(path.read_text() + "3,24")  # the start of step 2400's line: fields missing, no newline
+    session(tmp_path, 1600, [2400])
+    assert logged_steps(tmp_path) == [800, 1600, 2400]
+    assert path.read_text().endswith("\n")
+
+
+def test_rows_an_older_checkpoint_held_past_its_step_are_not_written(tmp_path):
+    from rims_rl.agents.logs import STEP_KEY, RunLog
+
+    session(tmp_path, 0, [64])
+    log = RunLog(tmp_path, resume_from=128, tensorboard=False)
+    log.extend([{STEP_KEY: 128, "rollout/ep_rew_mean": 1.0}, {STEP_KEY: 160, "eval/mean_reward": 2.0}])
+    assert logged_steps(tmp_path) == [64, 128]  # 160 is past the checkpoint: the resumed run logs it again
