@@ -133,7 +133,7 @@ def load_run_scores(paths: Sequence[str | Path], source: str = "eval") -> tuple[
             env, atari = _environment(str(config["env"]["id"]))
             label = run_label(config["algo"], config["policy"], config["run"].get("label"))
             seed = _seed(config, run_dir)
-        except (KeyError, TypeError, ValueError):
+        except (ConfigError, KeyError, TypeError, ValueError):
             notes.append(f"skipped {run_dir}: its config.yaml is not a training run's (no env.id, algo, run)")
             continue
         steps, returns = learning_curve(run_dir, source)

@@ -107,11 +107,17 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """A run folder's ``config.yaml`` as plain data (not checked: reading a record needs no schema)."""
+    """A run folder's ``config.yaml`` as plain data, with what readers of records use from it (``algo``,
+    ``policy``, ``env.id``, ``run``) checked; the rest is not (reading a record needs no schema)."""
     path = run_dir / "config.yaml"
     config = parse_yaml(read_text(path), str(path))
     if not isinstance(config, Mapping):
-        raise ConfigError(f"{run_dir / 'config.yaml'} is not a mapping")
+        raise ConfigError(f"{path} is not a mapping")
+    for key, kind, what in (("algo", str, "a name"), ("policy", str, "a name"), ("env", Mapping, "a mapping")):
+        if not isinstance(config.get(key), kind):
+            raise ConfigError(f"{path}: {key} is missing or not {what}; this is not a training run's record")
+    if not isinstance(config["env"].get("id"), str) or not isinstance(config.get("run", {}), Mapping):
+        raise ConfigError(f"{path}: env.id or run is missing or of the wrong kind; this is not a training run's record")
     return dict(config)
 
 

@@ -215,3 +215,23 @@ def test_the_memory_estimate_counts_an_lstm_reading_a_set_flattened():
     vector = resolve_config("minigrid/pickup.yaml", [("policy", "lstm")]).parameter_estimate()
     rows = resolve_config("minigrid/pickup.yaml", [("policy", "lstm"), ("policy_kwargs.features", "set")])
     assert rows.parameter_estimate() == vector + 2 * 4 * 192 * (50 * 32 - 128)  # two cores' wider input weights
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda text: text.replace("algo: ppo\n", ""), "algo is missing or not a name"),
+        (lambda text: text.replace("run:\n", "run: []\nrest:\n", 1), "env.id or run is missing or of the wrong kind"),
+        (lambda text: text.replace("policy: rims\n", "policy: [rims]\n"), "policy is missing or not a name"),
+    ],
+    ids=["no-algo", "run-a-list", "policy-a-list"],
+)
+def test_a_run_config_that_is_not_a_training_record_is_one_line(edit, message, tmp_path):
+    from rims_rl.agents.compare import compare_runs
+
+    run = tmp_path / "runs" / "CartPole-v1" / "ppo-rims" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(edit(CARTPOLE))
+    (run / "progress.csv").write_text("time/total_timesteps,rollout/ep_rew_mean\n64,1.0\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compare_runs([tmp_path / "runs"], tmp_path / "out")
