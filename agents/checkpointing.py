@@ -69,7 +69,10 @@ class RunLock:
         self.folder = Path(folder)
         check_writable(self.folder)
         path = self.folder / LOCK_NAME
-        self._handle = open(path, "a+")  # noqa: SIM115 (held for the lock's lifetime)
+        try:
+            self._handle = open(path, "a+")  # noqa: SIM115 (held for the lock's lifetime)
+        except OSError as error:  # a folder, or something else that is no file, where the lock belongs
+            raise ConfigError(f"{path}: cannot be the run's lock file ({error.strerror}); move it away") from None
         try:
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -277,10 +277,21 @@ def stop_on_signals(stopper: Checkpointer) -> Iterator[None]:
 # ------------------------------------------------------------------------------------- runs
 
 
+def _check_layout(run_dir: Path) -> None:
+    """One line, before any work, where a run folder's entries are not of their kind."""
+    for name in ("checkpoints", "tensorboard"):
+        if (run_dir / name).exists() and not (run_dir / name).is_dir():
+            raise ConfigError(f"{run_dir / name} is a file where the run keeps a folder; move it away")
+    for name in ("config.yaml", "progress.csv", "evaluations.npz"):
+        if (run_dir / name).is_dir():
+            raise ConfigError(f"{run_dir / name} is a folder where the run keeps a file; move it away")
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
     """Start the run ``config`` describes, in its folder (refused if the folder holds a run already)."""
     run_dir = run_dir_for(config)
     with RunLock(run_dir):
+        _check_layout(run_dir)
         if (run_dir / CHECKPOINT).exists():
             raise ConfigError(
                 f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another seed"
@@ -297,6 +308,7 @@ def resume(run_dir: str | Path, overrides: Iterable[tuple[str, Any]] = ()) -> di
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
     with RunLock(run_dir):
+        _check_layout(run_dir)
         saved_config = resolve_config(run_dir / "config.yaml")
         config = resolve_config(run_dir / "config.yaml", overrides)
         check_resume(to_dict(saved_config), to_dict(config), MUTABLE)

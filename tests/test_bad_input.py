@@ -235,3 +235,27 @@ def test_a_run_config_that_is_not_a_training_record_is_one_line(edit, message, t
     (run / "progress.csv").write_text("time/total_timesteps,rollout/ep_rew_mean\n64,1.0\n")
     with pytest.raises(ConfigError, match=re.escape(message)):
         compare_runs([tmp_path / "runs"], tmp_path / "out")
+
+
+@pytest.mark.parametrize("damage", ["lock-a-folder", "checkpoints-a-file", "progress-a-folder"])
+def test_entries_of_the_wrong_kind_in_a_run_folder_are_one_line_before_any_work(damage, tmp_path, monkeypatch):
+    from rims_rl.agents import train as train_module
+    from tests.helpers import pairs
+
+    settings = ["ppo.n_steps=16", "ppo.batch_size=32", "ppo.n_epochs=1", "run.eval_every=0", "run.progress=false"]
+    config = resolve_config("classic/cartpole.yaml", pairs(*settings, "total_steps=64", f"run.out={tmp_path}"))
+    train_module.train(config)
+    run = tmp_path / "CartPole-v1" / "ppo-rims" / "seed0"
+    if damage == "lock-a-folder":
+        (run / ".lock").unlink()
+        (run / ".lock").mkdir()
+    elif damage == "checkpoints-a-file":
+        (run / "checkpoints" / "latest.pt").unlink()
+        (run / "checkpoints").rmdir()
+        (run / "checkpoints").write_text("not a folder")
+    else:
+        (run / "progress.csv").unlink()
+        (run / "progress.csv").mkdir()
+    monkeypatch.setattr(train_module, "make_env", lambda *a, **k: pytest.fail("an environment was started"))
+    with pytest.raises(ConfigError, match="move it away"):
+        train_module.resume(run, [("total_steps", 128)])
