@@ -369,6 +369,7 @@ def resolve_path(name: str | Path) -> Path:
 
 # A config is a few KB; anything far larger is not one.
 MAX_YAML_BYTES = 1_000_000
+MAX_YAML_DEPTH = 50
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -408,6 +409,14 @@ def parse_yaml(text: str, where: str) -> Any:
     here: configs, sweep files and run folders' ``config.yaml``."""
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError(f"{where}: {len(text):,} characters; a config is at most {MAX_YAML_BYTES:,}")
+    # Deep nesting is refused before parsing: a RecursionError inside the parser can leave CPython's own
+    # recursion bookkeeping wrong for the rest of the process.
+    depth = deepest = 0
+    for char in text:
+        depth += (char in "[{") - (char in "]}")
+        deepest = max(deepest, depth)
+    if deepest > MAX_YAML_DEPTH:
+        raise ConfigError(f"{where}: nested too deeply to be a config (more than {MAX_YAML_DEPTH} levels)")
     try:
         return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as error:
