@@ -32,6 +32,19 @@ def ppo(policy: str = "rims", critic_core: str = "shared", **kwargs) -> RimsPPO:
     return RimsPPO(name, cartpole(), policy_kwargs={**policy_kwargs, "critic_core": critic_core}, **settings)
 
 
+def assert_training_matches_collection(model, batch_size: int) -> None:
+    """The rollout re-evaluated in padded training sequences gives the log-probabilities and values seen
+    while acting."""
+    for batch in model.rollout_buffer.get(batch_size):
+        with torch.no_grad():
+            values, log_prob, _ = model.policy.evaluate_actions(
+                batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
+            )
+        mask = batch.mask > 0
+        torch.testing.assert_close(log_prob[mask], batch.old_log_prob[mask], rtol=0, atol=1e-5)
+        torch.testing.assert_close(values.flatten()[mask], batch.old_values[mask], rtol=0, atol=1e-5)
+
+
 def collect(model) -> None:
     """One rollout into model.rollout_buffer, without training."""
     _, callback = model._setup_learn(10_000, None)
@@ -132,14 +145,7 @@ def test_training_path_reproduces_collection(policy, critic_core):
     model = ppo(policy, critic_core, n_steps=64, batch_size=64)
     collect(model)
     assert model.rollout_buffer.episode_starts[1:].any()  # episodes end inside the rollout
-    for batch in model.rollout_buffer.get(64):
-        with torch.no_grad():
-            values, log_prob, _ = model.policy.evaluate_actions(
-                batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
-            )
-        mask = batch.mask > 0
-        torch.testing.assert_close(log_prob[mask], batch.old_log_prob[mask], rtol=0, atol=1e-5)
-        torch.testing.assert_close(values.flatten()[mask], batch.old_values[mask], rtol=0, atol=1e-5)
+    assert_training_matches_collection(model, 64)
 
 
 @pytest.mark.parametrize("policy", ["rims", "lstm"])

@@ -15,7 +15,7 @@ from rims_rl.envs.minigrid import MissionIds, make_pickup_env
 from rims_rl.extractors import ImageSetExtractor, MiniGridExtractor, MiniGridSetExtractor, set_extractor_for
 from rims_rl.policies import LstmMultiInputPolicy, LstmPolicy, RimsCnnPolicy, RimsMultiInputPolicy, RimsPolicy
 from tests.test_contract import TinyImages
-from tests.test_policies import collect
+from tests.test_policies import assert_training_matches_collection, collect
 
 RIMS = {"unit_size": 8, "num_units": 4, "k_active": 2}
 
@@ -149,14 +149,7 @@ def test_image_set_policy_training_path_reproduces_collection():
     assert model.policy.core_rows == 4 and model.policy.lstm_actor.input_size == 66  # a 2x2 map
     collect(model)
     assert model.rollout_buffer.episode_starts[1:].any()  # episodes end inside the rollout
-    for batch in model.rollout_buffer.get(32):
-        with torch.no_grad():
-            values, log_prob, _ = model.policy.evaluate_actions(
-                batch.observations, batch.actions.long().flatten(), batch.lstm_states, batch.episode_starts
-            )
-        mask = batch.mask > 0
-        torch.testing.assert_close(log_prob[mask], batch.old_log_prob[mask], rtol=0, atol=1e-5)
-        torch.testing.assert_close(values.flatten()[mask], batch.old_values[mask], rtol=0, atol=1e-5)
+    assert_training_matches_collection(model, 32)
 
 
 def test_vector_policy_defaults_are_unchanged():
