@@ -720,6 +720,32 @@ class PolicyConfig:
             _check(not unknown, f"{where}.net_arch: keys must be pi and vf, got {', '.join(unknown)}")
 
 
+# Keys the training schema gained after runs were recorded without them, with the value that reproduces how
+# those runs trained. A run folder's record (its config.yaml, its checkpoint's config) is read through
+# upgrade_record, so a run of an earlier release resumes and evaluates; a user's config file is not.
+RECORD_UPGRADES: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("policy_kwargs", "features"), "vector"),  # input sets came later: every earlier run read one row a step
+)
+
+
+def upgrade_record(data: Any) -> Any:
+    """A copy of a recorded training config with the keys of :data:`RECORD_UPGRADES` it lacks filled in;
+    anything else (a key present, a part that is not a mapping) is left for the schema to judge."""
+    if not isinstance(data, Mapping):
+        return data
+    data = dict(data)
+    for path, value in RECORD_UPGRADES:
+        node = data
+        for key in path[:-1]:
+            if not isinstance(node.get(key), Mapping):
+                break
+            node[key] = dict(node[key])
+            node = node[key]
+        else:
+            node.setdefault(path[-1], value)
+    return data
+
+
 @dataclass
 class RunConfig:
     """``run:``: where a training run lives, how it is logged, checkpointed and evaluated."""

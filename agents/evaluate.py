@@ -15,7 +15,7 @@ from rims_rl.agents.checkpointing import load_checkpoint
 from rims_rl.agents.config import ConfigError, TrainConfig
 from rims_rl.agents.runs import CHECKPOINT
 from rims_rl.agents.stats import mean_ci, success_ci
-from rims_rl.agents.train import build_model, resolve_config
+from rims_rl.agents.train import build_model, run_config
 from rims_rl.envs import EVAL_SPLITS, PICKUP_ID, env_kind, is_pickup_id, make_env
 from rims_rl.utils import resolve_device
 
@@ -74,7 +74,7 @@ def with_distractors(config: TrainConfig, distractors: str) -> TrainConfig:
 def load_run(target: str | Path) -> tuple[Path, TrainConfig]:
     """``(run folder, checked config)`` of a run folder or a file inside one."""
     run_dir = find_run(target)
-    return run_dir, resolve_config(run_dir / "config.yaml")
+    return run_dir, run_config(run_dir)
 
 
 def evaluate_run(

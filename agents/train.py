@@ -44,7 +44,7 @@ from rims_rl.agents.checkpointing import (
     remove_temporaries,
     save_checkpoint,
 )
-from rims_rl.agents.config import ConfigError, TrainConfig, load, to_dict
+from rims_rl.agents.config import ConfigError, TrainConfig, load, read_yaml, to_dict, upgrade_record
 from rims_rl.agents.logs import RunLog
 from rims_rl.agents.runs import CHECKPOINT, read_evaluations, run_dir_for, run_state
 from rims_rl.agents.tracking import start_tracking
@@ -80,6 +80,13 @@ def resolve_config(source, overrides: Iterable[tuple[str, Any]] = ()) -> TrainCo
     """The training config of a YAML file (or mapping) with ``(key, value)`` overrides, checked in full
     (including the device). Raises ``ConfigError``."""
     return load(TrainConfig, source, overrides)
+
+
+def run_config(run_dir: str | Path, overrides: Iterable[tuple[str, Any]] = ()) -> TrainConfig:
+    """The training config recorded in a run folder (``config.yaml``), a record of an earlier release
+    upgraded (:func:`~rims_rl.agents.config.upgrade_record`), with ``overrides``, checked in full."""
+    path = Path(run_dir) / "config.yaml"
+    return resolve_config(upgrade_record(read_yaml(path)), overrides)
 
 
 def schedule(value: float | str):
@@ -309,13 +316,13 @@ def resume(run_dir: str | Path, overrides: Iterable[tuple[str, Any]] = ()) -> di
         raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
     with RunLock(run_dir):
         _check_layout(run_dir)
-        saved_config = resolve_config(run_dir / "config.yaml")
-        config = resolve_config(run_dir / "config.yaml", overrides)
+        saved_config = run_config(run_dir)
+        config = run_config(run_dir, overrides)
         check_resume(to_dict(saved_config), to_dict(config), MUTABLE)
         saved = None
         if (run_dir / CHECKPOINT).exists():
             saved = load_checkpoint(run_dir / CHECKPOINT, "train")  # before any environment starts
-            check_resume(saved["config"], to_dict(config), MUTABLE)
+            check_resume(upgrade_record(saved["config"]), to_dict(config), MUTABLE)
             algorithm = ALGORITHMS[config.algo].__name__
             if saved["algorithm"] != algorithm:
                 raise ConfigError(f"{run_dir / CHECKPOINT} holds a {saved['algorithm']} run, not {algorithm}")

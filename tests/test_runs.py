@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from rims_rl.agents.algorithms import algorithm_state, restore_algorithm
 from rims_rl.agents.checkpointing import load_checkpoint, save_checkpoint
@@ -53,6 +54,22 @@ def wait_for(path: Path, seconds: float = 180) -> None:
 
 def checkpoint_steps(run: Path) -> int:
     return load_checkpoint(run / "checkpoints" / "latest.pt", "train")["num_timesteps"]
+
+
+def kill_with_rows_past_checkpoint(process: subprocess.Popen, run: Path, seconds: float = 180) -> None:
+    """kill -9 a training process at a moment its log holds rows past its latest checkpoint. The process is
+    frozen (SIGSTOP) before the files are read, so it cannot write a checkpoint between the look and the kill."""
+    deadline = time.time() + seconds
+    latest = run / "checkpoints" / "latest.pt"
+    while True:
+        assert time.time() < deadline, "no rows past a checkpoint"
+        process.send_signal(signal.SIGSTOP)
+        if latest.exists() and (run / "progress.csv").exists() and max(logged_steps(run)) > checkpoint_steps(run):
+            break
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
 
 
 def logged_steps(run: Path) -> list[int]:
@@ -230,6 +247,26 @@ def test_resume_accepts_a_new_budget_and_cadence(finished_run):
     assert "total_steps: 192" in (finished_run / "config.yaml").read_text()
 
 
+def test_a_run_recorded_before_input_sets_resumes_and_evaluates(tmp_path):
+    """A run folder written by a release whose schema had no policy_kwargs.features (config.yaml and the
+    checkpoint's config both lack it) resumes and evaluates as the one-row policy it trained."""
+    result = cli("train", *TINY, "--total-steps", "128", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    run = run_folder(tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    del config["policy_kwargs"]["features"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    saved = load_checkpoint(run / "checkpoints" / "latest.pt", "train")
+    del saved["config"]["policy_kwargs"]["features"]
+    save_checkpoint(run / "checkpoints" / "latest.pt", "train", {k: v for k, v in saved.items() if k != "kind"})
+    resumed = cli("train", "--resume", str(run), "--total-steps", "192")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_exact_record(run, 192)
+    assert yaml.safe_load((run / "config.yaml").read_text())["policy_kwargs"]["features"] == "vector"
+    evaluated = cli("evaluate", str(run), "--episodes", "1")
+    assert evaluated.returncode == 0, evaluated.stderr
+
+
 # ------------------------------------------------------------------------------------- no code on load
 
 
@@ -346,12 +383,7 @@ def test_tensorboard_and_wandb_each_step_once_after_kill_9(tmp_path):
     env = offline(tmp_path)
     process = start(tmp_path, "--track", env=env)  # checkpoints every 128 steps, rollouts of 64
     run = run_folder(tmp_path)
-    deadline = time.time() + 180
-    while not (run / "checkpoints" / "latest.pt").exists() or max(logged_steps(run), default=0) <= 192:
-        assert time.time() < deadline, "no rows past the first checkpoint"
-        time.sleep(0.2)
-    process.kill()
-    process.wait()
+    kill_with_rows_past_checkpoint(process, run)
     stopped = checkpoint_steps(run)
     assert max(logged_steps(run)) > stopped  # live: the log went past the checkpoint
     resumed = cli("train", "--resume", str(run), "--total-steps", str(stopped + 256), env=env)
