@@ -5,9 +5,9 @@ from __future__ import annotations
 import yaml
 
 from rims_rl.agents.ablation import ablation_sweep
-from tests.helpers import assert_one_line_error, cli
+from tests.helpers import TINY_PPO, assert_one_line_error, cli, cli_here
 
-TINY = ["ppo.n_steps=16", "ppo.batch_size=32", "ppo.n_epochs=1", "run.eval_every=0"]
+TINY = [*TINY_PPO, "run.eval_every=0"]
 
 
 def test_the_packaged_ablation_has_the_papers_variants_and_options():
@@ -65,12 +65,12 @@ def test_ablate_trains_every_variant_reports_and_reuses_runs(tmp_path):
 
 
 def test_ablate_bad_input_is_one_line_and_writes_nothing(tmp_path):
-    result = cli("ablate", "--games", "Pongg", "--out", str(tmp_path / "out"))
+    result = cli_here("ablate", "--games", "Pongg", "--out", str(tmp_path / "out"))
     assert_one_line_error(result, "did you mean Pong")
     assert not (tmp_path / "out" / "ablation.yaml").exists()
-    result = cli("ablate", "--address", "auto", "--out", str(tmp_path / "out"))
+    result = cli_here("ablate", "--address", "auto", "--out", str(tmp_path / "out"))
     assert_one_line_error(result, "--address is for --backend ray")
     # A budget too short for one evaluation would train every run and then have nothing to report.
-    result = cli("ablate", "--games", "Pong", "--total-steps", "1000", "--out", str(tmp_path / "out"))
+    result = cli_here("ablate", "--games", "Pong", "--total-steps", "1000", "--out", str(tmp_path / "out"))
     assert_one_line_error(result, "make no evaluation for the report to score")
     assert not (tmp_path / "out" / "ablation.yaml").exists()

@@ -10,7 +10,7 @@ import pytest
 
 from rims_rl.agents.config import ConfigError, parse_set
 from rims_rl.agents.train import resolve_config
-from tests.helpers import assert_one_line_error, cli
+from tests.helpers import assert_one_line_error, cli, cli_here
 
 CARTPOLE = (Path(__file__).parent.parent / "configs" / "classic" / "cartpole.yaml").read_text()
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -177,7 +177,7 @@ def test_sizes_memory_cannot_hold_are_one_line_with_the_estimate(config, overrid
 
 
 def test_an_oversized_core_is_refused_by_the_command_line_before_any_work(tmp_path):
-    result = cli("train", "--set", "rims.unit_size=8192", "--out", str(tmp_path / "runs"), timeout=60)
+    result = cli_here("train", "--set", "rims.unit_size=8192", "--out", str(tmp_path / "runs"))
     assert_one_line_error(result, "GiB to train with gradients and Adam")
     assert not (tmp_path / "runs").exists()
 

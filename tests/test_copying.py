@@ -12,7 +12,7 @@ import yaml
 from rims_rl.agents.checkpointing import load_checkpoint
 from rims_rl.agents.config import ConfigError, CoreConfig, parse_set
 from rims_rl.agents.copying import copying_batch, load_copying_config, run_copying
-from tests.helpers import assert_one_line_error, cli
+from tests.helpers import assert_one_line_error, cli, cli_here
 
 TINY = [
     "task.digits=2",
@@ -125,13 +125,13 @@ def test_cli_runs_the_copying_task(tmp_path):
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
     if "cuda" in " ".join(args) and torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    result = cli("copying", "--out", str(tmp_path), *args)
+    result = cli_here("copying", "--out", str(tmp_path), *args)
     assert_one_line_error(result, message)
     assert not list(tmp_path.rglob("*.pt"))
 
 
 def test_cli_help_documents_every_option():
-    result = cli("copying", "--help")
+    result = cli_here("copying", "--help")
     assert result.returncode == 0
     for option in ("--config", "--set", "--models", "--out", "--resume", "--no-progress"):
         assert option in result.stdout

@@ -26,7 +26,7 @@ from rims_rl.agents.imitation import (
     train_bc,
 )
 from rims_rl.envs.mujoco import make_cheetah, render_frame
-from tests.helpers import assert_one_line_error, cli, pairs
+from tests.helpers import assert_one_line_error, cli, cli_here, pairs
 
 TINY = [
     "expert.algo=ppo", "expert.normalize=true", "expert.total_steps=512", "expert.ppo.n_steps=256",
@@ -248,13 +248,13 @@ def test_pipeline_end_to_end_through_the_cli(tmp_path):
 
 
 def test_bad_imitation_config_fails_in_one_line(tmp_path):
-    result = cli("imitation", "bc", "--out", str(tmp_path), "--set", "bc.models.gru={core: gru}")
+    result = cli_here("imitation", "bc", "--out", str(tmp_path), "--set", "bc.models.gru={core: gru}")
     assert_one_line_error(result, "bc.models.gru.core must be one of rims, lstm")
-    result = cli("imitation", "bc", "--out", str(tmp_path), "--set", "bc.models.rims_k3.k_active=9")
+    result = cli_here("imitation", "bc", "--out", str(tmp_path), "--set", "bc.models.rims_k3.k_active=9")
     assert_one_line_error(result, "k_active")
-    result = cli("imitation", "bc", "--out", str(tmp_path))
+    result = cli_here("imitation", "bc", "--out", str(tmp_path))
     assert_one_line_error(result, "no dataset")
-    result = cli("imitation", "expert", "--out", str(tmp_path), "--set", "expert.algo=td3")
+    result = cli_here("imitation", "expert", "--out", str(tmp_path), "--set", "expert.algo=td3")
     assert_one_line_error(result, "expert.algo must be one of ppo, sac")
     assert not (tmp_path / "expert").exists()
 

@@ -24,7 +24,7 @@ from rims_rl.envs.minigrid import (
     pickup_defaults,
 )
 from rims_rl.extractors import MiniGridExtractor
-from tests.helpers import assert_one_line_error, cli
+from tests.helpers import assert_one_line_error, cli, cli_here
 
 POOLS = pickup_defaults()["pools"]
 NOVEL_ONLY = {tuple(p) for p in POOLS["B"]} - {tuple(p) for p in POOLS["A"]}
@@ -213,7 +213,7 @@ def test_train_then_evaluate_both_splits_and_visualize(policy, algo, tmp_path, m
     assert result.returncode == 0, result.stderr
     run = tmp_path / "RimsRL-Pickup-v0" / f"{algo}-{policy}" / "seed0"
     for split in ("known", "novel"):
-        result = cli("evaluate", str(run), "--episodes", "6", "--distractors", split)
+        result = cli_here("evaluate", str(run), "--episodes", "6", "--distractors", split)
         assert result.returncode == 0, result.stderr
         assert f"({split} distractors)" in result.stdout and "success rate" in result.stdout
     # The episodes played are those of the split asked for: novel objects in every novel episode only.
@@ -229,16 +229,18 @@ def test_train_then_evaluate_both_splits_and_visualize(policy, algo, tmp_path, m
         evaluate_run(run, episodes=4, distractors=split)
     assert len(placed["novel"]) >= 4 and all(objects & NOVEL_ONLY for objects in placed["novel"])
     assert placed["known"] and not any(objects & NOVEL_ONLY for objects in placed["known"])
-    result = cli("visualize", str(run), "--distractors", "novel")
+    result = cli_here("visualize", str(run), "--distractors", "novel")
     assert result.returncode == 0, result.stderr
     assert (run / "visualize" / "episode.gif").stat().st_size > 0
     assert (run / "visualize" / "activations.png").exists() == (policy == "rims")
 
 
 def test_distractors_on_a_run_elsewhere_and_foreign_settings_fail_clearly(tmp_path):
-    result = cli("train", "--config", "minigrid/pickup.yaml", "--env", "BabyAI-PickupDist-v0", "--out", str(tmp_path))
+    result = cli_here(
+        "train", "--config", "minigrid/pickup.yaml", "--env", "BabyAI-PickupDist-v0", "--out", str(tmp_path)
+    )
     assert_one_line_error(result, "unknown config keys env.end_on_wrong_pickup")
-    result = cli("train", *TINY, "--set", "env.split=heldout", "--out", str(tmp_path))
+    result = cli_here("train", *TINY, "--set", "env.split=heldout", "--out", str(tmp_path))
     assert_one_line_error(result, "split must be one of")
 
 
@@ -247,7 +249,7 @@ def test_standard_babyai_id_trains_through_the_same_cli(tmp_path):
     result = cli("train", *args, "--total-steps", "64", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     run = tmp_path / "MiniGrid-Fetch-5x5-N2-v0" / "ppo-rims" / "seed0"
-    result = cli("evaluate", str(run), "--episodes", "2", "--distractors", "novel")
+    result = cli_here("evaluate", str(run), "--episodes", "2", "--distractors", "novel")
     assert_one_line_error(result, "--distractors needs a run on RimsRL/Pickup")
 
 
@@ -270,7 +272,7 @@ def test_experiment_writes_table_and_plot(tmp_path):
     # A second call reuses the finished runs instead of training again.
     again = cli("experiment-distractors", *args, "--out", str(out), *TINY[2:], timeout=600)
     assert again.returncode == 0 and "done" in again.stdout and "trained" not in again.stdout
-    bad = cli("experiment-distractors", "--variants", "gru", "--out", str(out))
+    bad = cli_here("experiment-distractors", "--variants", "gru", "--out", str(out))
     assert_one_line_error(bad, "--variants: gru not in sweeps/pickup_sets.yaml")
 
 

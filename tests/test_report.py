@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from rims_rl.agents.compare import compare_runs
 from rims_rl.agents.report import aggregate_metrics, load_run_scores, relative_improvement, run_score, write_report
 from rims_rl.envs.atari import ATARI_57
 from rims_rl.envs.atari_scores import ATARI_REFERENCE_SCORES, human_normalized
-from tests.helpers import assert_one_line_error, cli
+from tests.helpers import assert_one_line_error, cli, offline_env
 
 REPS = 50  # stratified-bootstrap resamples: enough to exercise the code, cheap enough for a test
 
@@ -226,10 +225,10 @@ def test_explicit_baseline_and_several_lstm_labels(tmp_path):
 def test_cli_report_tracks_offline_without_a_key(tmp_path):
     for policy, score in (("lstm", 10.0), ("rims", 15.0)):
         make_run(tmp_path / "runs", "Pong", policy, 0, final=score)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["HOME"] = str(tmp_path)  # no ~/.netrc: no wandb key anywhere
     out = tmp_path / "report"
-    result = cli("report", str(tmp_path / "runs"), "--out", str(out), "--reps", "20", "--track", env=env)
+    result = cli(
+        "report", str(tmp_path / "runs"), "--out", str(out), "--reps", "20", "--track", env=offline_env(tmp_path)
+    )
     assert result.returncode == 0, result.stderr
     assert f"table: {out / 'report.md'}" in result.stdout and "wandb: " in result.stdout
     (run,) = (out / "wandb").glob("offline-run-*")

@@ -27,13 +27,10 @@ from rims_rl.agents.checkpointing import load_checkpoint, save_checkpoint
 from rims_rl.agents.runs import RunError
 from rims_rl.agents.train import build_model, resolve_config
 from rims_rl.envs import make_env
-from tests.helpers import assert_one_line_error, cli, pairs
+from tests.helpers import TINY_PPO, as_flags, assert_one_line_error, cli, cli_here, offline_env, pairs
 
-SETTINGS = [
-    "run.progress=false", "run.checkpoint_every=128", "run.eval_every=192", "run.eval_episodes=2",
-    "ppo.n_steps=16", "ppo.batch_size=32", "ppo.n_epochs=1",
-]  # fmt: skip
-TINY = ["--config", "classic/cartpole.yaml", *(arg for item in SETTINGS for arg in ("--set", item))]
+SETTINGS = [*TINY_PPO, "run.checkpoint_every=128", "run.eval_every=192", "run.eval_episodes=2"]
+TINY = ["--config", "classic/cartpole.yaml", *as_flags(*SETTINGS)]
 
 
 def run_folder(out: Path, policy: str = "rims", seed: int = 0) -> Path:
@@ -231,7 +228,7 @@ def finished_run(tmp_path_factory) -> Path:
 )
 def test_resume_refuses_a_change_of_experiment_in_one_line(finished_run, args, message):
     before = (finished_run / "config.yaml").read_text()
-    result = cli("train", "--resume", str(finished_run), *args)
+    result = cli_here("train", "--resume", str(finished_run), *args)
     assert_one_line_error(result, message)
     assert (finished_run / "config.yaml").read_text() == before  # the record is not relabelled
 
@@ -298,7 +295,7 @@ def plant_in_model_zip(model_zip: Path, marker: Path) -> None:
 def test_a_tampered_run_folder_never_runs_code(finished_run, tmp_path):
     marker = tmp_path / "pwned"
     plant_in_model_zip(finished_run / "model.zip", marker)
-    result = cli("evaluate", str(finished_run), "--episodes", "2")
+    result = cli_here("evaluate", str(finished_run), "--episodes", "2")
     assert result.returncode == 0 and "mean return" in result.stdout, result.stderr  # model.zip is not read
     assert not marker.exists()
 
@@ -313,7 +310,7 @@ def test_a_tampered_run_folder_never_runs_code(finished_run, tmp_path):
             ["train", *TINY, "--total-steps", "64", "--out", str(tmp_path / "new"), "--set",
              f"run.init_from={finished_run}"],
         ):  # fmt: skip
-            result = cli(*args)
+            result = cli_here(*args)
             assert_one_line_error(result, "holds objects other than tensors and plain data")
             assert not marker.exists(), args
     finally:
@@ -367,20 +364,12 @@ def wandb_run(run: Path) -> dict:
     return found
 
 
-def offline(home: Path) -> dict:
-    """The environment of a process with no wandb key anywhere (offline), the compiled loop's build shared."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["HOME"] = str(home)
-    env["RIMS_RL_BUILD_DIR"] = os.environ.get("RIMS_RL_BUILD_DIR") or str(Path.home() / ".cache" / "rims_rl")
-    return env
-
-
 def test_tensorboard_and_wandb_each_step_once_after_kill_9(tmp_path):
     """A tracked run killed with rows past its checkpoint on disk: after the resume TensorBoard shows each
     step once, and the wandb record holds no (metric, step) twice. wandb writes its offline record from a
     process of its own, which a kill -9 takes down with what it had not written yet: those steps may be
     missing from wandb (never doubled)."""
-    env = offline(tmp_path)
+    env = offline_env(tmp_path)
     process = start(tmp_path, "--track", env=env)  # checkpoints every 128 steps, rollouts of 64
     run = run_folder(tmp_path)
     kill_with_rows_past_checkpoint(process, run)
@@ -396,7 +385,7 @@ def test_tensorboard_and_wandb_each_step_once_after_kill_9(tmp_path):
 
 
 def test_wandb_records_each_metric_once_per_step_in_one_group_per_curve(tmp_path):
-    env = offline(tmp_path)
+    env = offline_env(tmp_path)
     for policy, seed in (("rims", 0), ("rims", 1), ("lstm", 0)):
         args = ["train", *TINY, "--policy", policy, "--seed", str(seed), "--total-steps", "256"]
         result = cli(*args, "--out", str(tmp_path / "runs"), "--track", env=env)

@@ -18,18 +18,10 @@ from rims_rl.agents.cli import main
 from rims_rl.agents.config import ConfigError
 from rims_rl.agents.runs import learning_curve
 from rims_rl.agents.sweep import load_sweep, plan
-from tests.helpers import assert_one_line_error, cli
+from tests.helpers import TINY_PPO, assert_one_line_error, cli, cli_here, pairs
 
 # Seconds-long CartPole runs: no evaluation, tiny rollouts, frequent checkpoints.
-TINY = {
-    "run.progress": False,
-    "run.eval_every": 0,
-    "run.checkpoint_every": 64,
-    "ppo.n_steps": 16,
-    "ppo.batch_size": 32,
-    "ppo.n_epochs": 1,
-    "total_steps": 256,
-}
+TINY = dict(pairs(*TINY_PPO, "run.eval_every=0", "run.checkpoint_every=64", "total_steps=256"))
 
 
 def write_sweep(folder: Path, **spec) -> Path:
@@ -131,7 +123,7 @@ def test_bad_sweep_files_fail_with_one_line_before_anything_runs(tmp_path, spec,
 
 def test_bad_sweep_through_the_cli_is_one_line_and_starts_nothing(tmp_path):
     path = write_sweep(tmp_path, grid={"run.seed": [0, 1]}, variants={"rims": {"rims.k_active": 7}})
-    result = cli("sweep", "--config", str(path), timeout=120)
+    result = cli_here("sweep", "--config", str(path))
     assert_one_line_error(result, "run run.seed=0, variant=rims: rims: k_active must be an integer in [1, num_units=4]")
     assert not (tmp_path / "out").exists()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -15,19 +14,9 @@ from rims_rl.agents.config import to_dict
 from rims_rl.agents.runs import RunDiverged
 from rims_rl.agents.train import Checkpointer, build_model, resolve_config
 from rims_rl.envs import make_env
-from tests.helpers import assert_one_line_error, cli, pairs
+from tests.helpers import TINY_PPO, as_flags, assert_one_line_error, cli, cli_here, offline_env, pairs
 
-TINY = [
-    "--config", "classic/cartpole.yaml",
-    "--set", "ppo.n_steps=16", "--set", "ppo.batch_size=32", "--set", "ppo.n_epochs=1",
-    "--set", "run.progress=false", "--set", "run.eval_episodes=2",
-]  # fmt: skip
-
-
-def offline_env(home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["HOME"] = str(home)  # no ~/.netrc: no wandb key anywhere
-    return env
+TINY = ["--config", "classic/cartpole.yaml", *as_flags(*TINY_PPO, "run.eval_episodes=2")]
 
 
 def test_train_evaluate_compare_end_to_end(tmp_path):
@@ -108,7 +97,7 @@ def test_bad_input_fails_fast_with_one_line(args, message, tmp_path):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("a GPU is present")
     started = time.time()
-    result = cli("train", "--out", str(tmp_path), *args, timeout=120)
+    result = cli_here("train", "--out", str(tmp_path), *args)
     assert_one_line_error(result, message)
     assert not any(tmp_path.iterdir())  # nothing started
     assert time.time() - started < 60
@@ -165,7 +154,7 @@ def test_cli_help_documents_every_option():
         "evaluate": ["--episodes", "--deterministic", "--video"],
         "compare": ["--out", "--source"],
     }.items():  # fmt: skip
-        result = cli(command, "--help")
+        result = cli_here(command, "--help")
         assert result.returncode == 0
         for option in options:
             assert option in result.stdout, f"{command} {option}"
@@ -203,7 +192,7 @@ def test_atari_run_evaluates_full_games_and_records_video(tmp_path):
     ],
 )
 def test_every_runner_takes_device_cuda_and_refuses_it_without_a_gpu(command, tmp_path):
-    result = cli(*command, "--device", "cuda", "--out", str(tmp_path / "out"))
+    result = cli_here(*command, "--device", "cuda", "--out", str(tmp_path / "out"))
     assert_one_line_error(result, "no CUDA GPU is available")
     assert not (tmp_path / "out").exists()  # refused before anything was written
 

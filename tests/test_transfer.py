@@ -12,7 +12,7 @@ from rims_rl.agents.runs import run_dir_for
 from rims_rl.agents.train import build_model, init_weights, resolve_config, train
 from rims_rl.agents.transfer import load_transfer_config, plan_transfer, run_transfer, transfer_score
 from rims_rl.envs import make_env
-from tests.helpers import assert_one_line_error, cli, pairs
+from tests.helpers import assert_one_line_error, cli, cli_here, pairs
 
 # A few hundred steps of tiny PPO on Atari: enough for a learning curve of a few points.
 ATARI_TINY = [
@@ -136,7 +136,7 @@ def test_transfer_runs_every_stage_writes_the_table_and_reuses_runs(tmp_path):
 
 
 def test_transfer_cli_bad_input_is_one_line(tmp_path):
-    result = cli("transfer", "--sources", "Pong", "--targets", "Pong", "--out", str(tmp_path))
+    result = cli_here("transfer", "--sources", "Pong", "--targets", "Pong", "--out", str(tmp_path))
     assert_one_line_error(result, "games both source and target")
-    result = cli("transfer", "--sources", "Pong", "--targets", "Alien", "--set", "rims.k_active=9")
+    result = cli_here("transfer", "--sources", "Pong", "--targets", "Alien", "--set", "rims.k_active=9")
     assert_one_line_error(result, "k_active")
