@@ -26,6 +26,7 @@ import os
 import pickle
 import random
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -197,10 +198,13 @@ def load_checkpoint(path: str | Path, kind: str, device: str | torch.device = "c
     """A checkpoint of ``kind`` read without running any code from the file (``weights_only``); a missing,
     unreadable, foreign or older one is a one-line :class:`ConfigError`."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # torch writes zip archives; anything else is no checkpoint of ours
+        state = "an empty file" if path.stat().st_size == 0 else "not a checkpoint file (torch's zip format)"
+        raise ConfigError(f"cannot read checkpoint {path}: it is {state}")
     try:
         saved = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"no checkpoint at {path}") from None
     except pickle.UnpicklingError:
         raise ConfigError(
             f"cannot read checkpoint {path}: it holds objects other than tensors and plain data "
@@ -216,6 +220,21 @@ def load_checkpoint(path: str | Path, kind: str, device: str | torch.device = "c
             f"{path} is a checkpoint of format {saved.get('format')}, this version reads {CHECKPOINT_FORMAT}"
         )
     return saved
+
+
+def load_weights(module: torch.nn.Module, state: Any, misfit: str) -> None:
+    """``module.load_state_dict(state)``, where weights that do not fit (a config edited after training,
+    another policy's file) are one :class:`ConfigError` line: ``misfit`` (what does not fit what), then the
+    first difference torch names and how many more there are."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        problems = lines[1:] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines
+        first = (problems[0] if problems else type(error).__name__).rstrip(".")
+        first = first if len(first) <= 200 else first[:197] + "..."
+        more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise ConfigError(f"{misfit} ({first}{more})") from None
 
 
 # ------------------------------------------------------------------------------------- resume contract

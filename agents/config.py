@@ -986,6 +986,9 @@ class ImitationEvaluate:
     episodes: Count
     seeds: list[Seed]
 
+    def check(self, where: str) -> None:
+        _check(bool(self.seeds), f"{where}.seeds must name at least one seed (the episodes are played per seed)")
+
 
 @dataclass
 class ImitationRun:

@@ -39,6 +39,7 @@ from rims_rl.agents.checkpointing import (
     check_finite,
     check_resume,
     load_checkpoint,
+    load_weights,
     remove_temporaries,
     rng_state,
     save_checkpoint,
@@ -198,7 +199,7 @@ def _load_expert(config: ImitationConfig, out: Path):
         )
     env = _state_env(config, saved["normalizer"])
     model = _build_expert(config, env)
-    model.policy.load_state_dict(saved["policy"])
+    load_weights(model.policy, saved["policy"], f"{out / 'expert' / 'expert.pt'} does not fit the expert settings")
     return model, (env if saved["normalizer"] is not None else None)
 
 
@@ -476,7 +477,7 @@ def _load_policy(config: ImitationConfig, out: Path, name: str) -> CheetahPolicy
     env = config.env
     spec = parse(CoreConfig, saved["spec"], f"bc.models.{name}")
     policy = CheetahPolicy(3 * env.frame_stack, env.size, saved["actions"], spec, config.bc.features)
-    policy.load_state_dict(saved["policy"])
+    load_weights(policy, saved["policy"], f"{out / 'bc' / name / 'checkpoint.pt'} does not fit its saved settings")
     return policy.eval()
 
 

@@ -18,9 +18,13 @@ A non-finite parameter stops training with one line and leaves the last good che
 
 from __future__ import annotations
 
+import io
+import pickle
 import signal
 import sys
 import time
+import warnings
+import zipfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback, ProgressBarCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
@@ -41,6 +45,7 @@ from rims_rl.agents.checkpointing import (
     check_finite,
     check_resume,
     load_checkpoint,
+    load_weights,
     remove_temporaries,
     save_checkpoint,
 )
@@ -94,20 +99,37 @@ def schedule(value: float | str):
     schema has checked the form."""
     if isinstance(value, str):
         start = float(value[4:])
-        return lambda progress_remaining: progress_remaining * start
+        # SB3 trains whole rollouts, so the last one of a total that is not a multiple of the rollout ends
+        # past it, where progress_remaining is below 0: the rate (or clip range) stays at 0 there.
+        return lambda progress_remaining: max(progress_remaining, 0.0) * start
     return value
 
 
+def policy_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The policy weights saved at ``path`` for ``run.init_from``: a run folder (its checkpoint), a
+    checkpoint file, or a ``model.zip`` (SB3's saved model: only its ``policy.pth``, read as tensors, so no
+    code in the archive runs). Anything else is one ``ConfigError`` line."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".zip":
+        try:
+            with zipfile.ZipFile(path) as archive, archive.open("policy.pth") as member:
+                state = torch.load(io.BytesIO(member.read()), map_location="cpu", weights_only=True)
+        except (zipfile.BadZipFile, KeyError, OSError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ConfigError(f"run.init_from: {path} is not a model.zip with policy weights ({detail})") from None
+    else:
+        parameters = load_checkpoint(_checkpoint_of(path, "run.init_from"), "train").get("parameters")
+        state = parameters.get("policy") if isinstance(parameters, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"run.init_from: {path} holds no policy weights")
+    return state
+
+
 def init_weights(model, path: str | Path) -> None:
-    """Start ``model``'s policy from the weights of the run saved at ``path`` (a run folder, or a
-    checkpoint in one): transfer, fine-tuning. Only the policy's weights move: the optimizer, step counter
-    and schedules start fresh. The two policies must have the same shapes (core sizes, action count)."""
-    saved = load_checkpoint(_checkpoint_of(path, "run.init_from"), "train", model.device)
-    try:
-        model.policy.load_state_dict(saved["parameters"]["policy"])
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[-1].strip()
-        raise ConfigError(f"run.init_from: {path} does not fit this policy ({first})") from None
+    """Start ``model``'s policy from the weights saved at ``path`` (:func:`policy_weights`): transfer,
+    fine-tuning. Only the policy's weights move: the optimizer, step counter and schedules start fresh. The
+    two policies must have the same shapes (core sizes, action count)."""
+    load_weights(model.policy, policy_weights(path), f"run.init_from: {path} does not fit this policy")
 
 
 def _checkpoint_of(path: str | Path, what: str) -> Path:
@@ -115,7 +137,7 @@ def _checkpoint_of(path: str | Path, what: str) -> Path:
     path = Path(path)
     checkpoint = path / CHECKPOINT if path.is_dir() else path
     if not checkpoint.is_file():
-        raise ConfigError(f"{what}: no trained model at {path} (a run folder, or a checkpoint in one)")
+        raise ConfigError(f"{what}: no trained model at {path} (a run folder, a checkpoint or a model.zip)")
     return checkpoint
 
 
@@ -238,6 +260,32 @@ class Checkpointer(BaseCallback):
         save_checkpoint(self.path, self.kind, payload)
 
 
+def planned_steps(model: OnPolicyAlgorithm, total: int) -> int:
+    """The step count a run of ``total`` steps ends at: SB3 trains whole rollouts (``n_steps`` x envs), so
+    the last one may end past ``total``."""
+    rollout = model.n_steps * model.get_env().num_envs
+    remaining = max(total - model.num_timesteps, 0)
+    return model.num_timesteps + -(-remaining // rollout) * rollout
+
+
+class StepsBar(ProgressBarCallback):
+    """SB3's progress bar over the run's steps, from where this session starts (a resumed run's checkpoint)
+    to where training really stops: whole rollouts, so a 512-step run of 1,024-step rollouts reads
+    1,024/1,024, not 1,024/512."""
+
+    def __init__(self, end: int) -> None:
+        super().__init__()
+        self.end = end
+
+    def _on_training_start(self) -> None:
+        from tqdm import TqdmExperimentalWarning
+        from tqdm.rich import tqdm  # SB3's own bar (an extra of its, installed with ours)
+
+        with warnings.catch_warnings():  # "rich is experimental": SB3 silences it the same way
+            warnings.simplefilter("ignore", TqdmExperimentalWarning)
+            self.pbar = tqdm(total=self.end, initial=self.model.num_timesteps)
+
+
 class ProgressLines(BaseCallback):
     """A plain line of progress at most every ``every`` seconds (at rollout ends), for output that is not a
     terminal (a pipe, a log file), where a progress bar prints nothing until the end."""
@@ -296,6 +344,8 @@ def _check_layout(run_dir: Path) -> None:
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Start the run ``config`` describes, in its folder (refused if the folder holds a run already)."""
+    if config.run.init_from is not None:
+        policy_weights(config.run.init_from)  # read (or refused) before any folder or environment is made
     run_dir = run_dir_for(config)
     with RunLock(run_dir):
         _check_layout(run_dir)
@@ -303,8 +353,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
             raise ConfigError(
                 f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another seed"
             )
-        if config.run.init_from is not None:
-            _checkpoint_of(config.run.init_from, "run.init_from")  # fails before any environment starts
         return _train(config, run_dir, None)
 
 
@@ -388,15 +436,15 @@ def _train(config: TrainConfig, run_dir: Path, saved: dict[str, Any] | None) -> 
             callbacks.append(evaluator)
 
         # A progress bar on a terminal; elsewhere a line a minute (a bar in a pipe says nothing until the end).
-        bar = run.progress and sys.stdout.isatty()
-        if run.progress and not bar:
-            callbacks.append(ProgressLines(config.total_steps))
+        end = planned_steps(model, config.total_steps)
+        if run.progress:
+            bar = sys.stdout.isatty()
+            callbacks.append(StepsBar(end) if bar else ProgressLines(end))
         try:
             with stop_on_signals(stopper):
                 model.learn(
                     total_timesteps=max(config.total_steps - model.num_timesteps, 0),
                     callback=CallbackList(callbacks),
-                    progress_bar=bar,
                     reset_num_timesteps=saved is None,
                 )
             if stopper.signal is None:

@@ -291,10 +291,10 @@ def check_pickup_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     merged = {key: pickup_defaults()[key] for key in PICKUP_KEYS} | dict(settings)
     if merged["split"] not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {merged['split']!r}")
-    for key in ("size", "max_steps"):
+    for key, least, what in (("size", 5, "the room's side, walls included"), ("max_steps", 1, "an episode's step limit")):
         value = merged[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < (5 if key == "size" else 1):
-            raise ValueError(f"{key} must be an integer (size at least 5), got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{key} must be an integer of at least {least} ({what}), got {value!r}")
     if not isinstance(merged["end_on_wrong_pickup"], bool):
         raise ValueError(f"end_on_wrong_pickup must be true or false, got {merged['end_on_wrong_pickup']!r}")
     pools = merged["pools"]

@@ -190,9 +190,10 @@ def test_an_oversized_core_is_refused_by_the_command_line_before_any_work(tmp_pa
         ("expert.ppo.lerning_rate=1", "did you mean learning_rate?"),
         ("expert.sac.learning_rate=-1", "expert.sac.learning_rate must be in (0, inf)"),
         ("expert.sac.buffer_size=900000000", "transitions take about 140.8 GiB"),
+        ("evaluate.seeds=[]", "evaluate.seeds must name at least one seed"),  # else the whole pipeline, then nan
     ],
 )
-def test_the_imitation_experts_settings_are_checked_like_ppos(setting, message, monkeypatch):
+def test_the_imitation_settings_are_checked_when_the_config_loads(setting, message, monkeypatch):
     """Checked by the schema when the config loads, before MuJoCo starts (SB3 took them unchecked)."""
     from rims_rl.agents import config as config_module
     from rims_rl.agents.imitation import load_imitation_config
@@ -259,3 +260,25 @@ def test_entries_of_the_wrong_kind_in_a_run_folder_are_one_line_before_any_work(
     monkeypatch.setattr(train_module, "make_env", lambda *a, **k: pytest.fail("an environment was started"))
     with pytest.raises(ConfigError, match="move it away"):
         train_module.resume(run, [("total_steps", 128)])
+
+
+def test_weights_that_no_longer_fit_an_edited_config_are_one_line(tmp_path):
+    """A run's config.yaml edited after training (a core size): evaluate names the checkpoint, the first
+    mismatch and how many more, in one line (torch's own message runs to about 19 lines)."""
+    import torch
+
+    from rims_rl.agents.algorithms import algorithm_state
+    from rims_rl.agents.checkpointing import save_checkpoint
+    from rims_rl.agents.config import to_dict
+    from rims_rl.agents.train import build_model
+    from rims_rl.envs import make_env
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    config = resolve_config("classic/cartpole.yaml", [("env.n_envs", 1)])
+    model = build_model(config, make_env(config.env.settings(), seed=0), torch.device("cpu"))
+    save_checkpoint(run / "checkpoints" / "latest.pt", "train", {**algorithm_state(model), "config": to_dict(config)})
+    (run / "config.yaml").write_text(CARTPOLE.replace("  unit_size: 16", "  unit_size: 24", 1))
+    result = cli_here("evaluate", str(run), "--episodes", "1")
+    assert_one_line_error(result, "latest.pt does not fit the run's config.yaml (edited since?) (size mismatch for")
+    assert "more)" in result.stderr

@@ -239,3 +239,21 @@ def test_without_a_terminal_progress_is_a_plain_line(tmp_path, monkeypatch, caps
     train_module.train(config)
     out = capsys.readouterr().out
     assert "step 64 of 128," in out and "steps/s" in out
+
+
+def test_a_run_past_its_total_shows_where_it_stops_and_never_turns_its_rates_negative():
+    """SB3 trains whole rollouts: 40 steps of 4 x 16-step rollouts train 64. The bar ends at 64 (not
+    64/40), and the linear schedules stay at 0 past the total (not -0.6 x their start: a step uphill)."""
+    from rims_rl.agents.train import StepsBar, planned_steps
+
+    settings = pairs("env.n_envs=4", "ppo.learning_rate=lin_1e-3", "ppo.clip_range=lin_0.2", *TINY_PPO)
+    config = resolve_config("classic/cartpole.yaml", settings)
+    model = build_model(config, make_env(config.env.settings(), seed=0), torch.device("cpu"))
+    bar = StepsBar(planned_steps(model, 40))
+    model.learn(40, callback=bar)
+    assert model.num_timesteps == bar.pbar.n == bar.pbar.total == 64
+    assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
+    assert model.clip_range(model._current_progress_remaining) == 0.0
+    bar = StepsBar(planned_steps(model, 100))  # a resumed session: from 64 to the rollout that passes 100
+    model.learn(100 - model.num_timesteps, callback=bar, reset_num_timesteps=False)
+    assert model.num_timesteps == bar.pbar.n == bar.pbar.total == 128

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,7 @@ from rims_rl.agents.runs import run_dir_for
 from rims_rl.agents.train import build_model, init_weights, resolve_config, train
 from rims_rl.agents.transfer import load_transfer_config, plan_transfer, run_transfer, transfer_score
 from rims_rl.envs import make_env
-from tests.helpers import assert_one_line_error, cli, cli_here, pairs
+from tests.helpers import assert_one_line_error, cli_here, pairs
 
 # A few hundred steps of tiny PPO on Atari: enough for a learning curve of a few points.
 ATARI_TINY = [
@@ -56,18 +59,49 @@ def test_init_from_starts_with_the_saved_weights_and_fresh_counters(tmp_path):
         "classic/cartpole.yaml", pairs(*base, f"run.init_from={saved}", "policy=lstm", "total_steps=64")
     )
     env = make_env(lstm.env.settings(), seed=1)
-    with pytest.raises(ConfigError, match="does not fit this policy"):
+    with pytest.raises(ConfigError, match="does not fit this policy") as refused:
         init_weights(build_model(lstm, env, torch.device("cpu")), saved)
+    assert "\n" not in str(refused.value) and "more)" in str(refused.value)  # the first difference, then a count
     env.close()
 
+    # SB3's model.zip of the same run gives the same weights (its policy.pth, read as tensors only).
+    model = build_model(config, make_env(config.env.settings(), seed=1), torch.device("cpu"))
+    init_weights(model, saved / "model.zip")
+    for key, value in model.policy.state_dict().items():
+        torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
 
-def test_init_from_a_missing_model_fails_before_training(tmp_path):
-    result = cli(
-        "train", "--config", "classic/cartpole.yaml", "--out", str(tmp_path),
-        "--set", f"run.init_from={tmp_path / 'nowhere'}",
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def write_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "nowhere", "run.init_from: no trained model at"),
+        (lambda d: write_zip(d / "model.zip", {"data": b"{}"}), "is not a model.zip with policy weights"),
+        (lambda d: write(d / "model.zip", b"PK\x03\x04 cut short"), "is not a model.zip"),
+        (lambda d: write(d / "latest.pt", b"108"), "it is not a checkpoint file"),
+        (lambda d: write(d / "latest.pt", b""), "it is an empty file"),
+    ],
+    ids=["missing", "zip-without-policy", "broken-zip", "not-torch", "empty"],
+)
+def test_init_from_a_bad_model_is_one_line_before_any_work(tmp_path, make, message):
+    target = make(tmp_path)
+    result = cli_here(
+        "train", "--config", "classic/cartpole.yaml", "--out", str(tmp_path / "runs"),
+        "--set", f"run.init_from={target}",
     )  # fmt: skip
-    assert_one_line_error(result, "run.init_from: no trained model at")
-    assert not list(tmp_path.rglob("progress.csv"))
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_transfer_plan_chains_sources_and_pairs_targets(tmp_path):
