@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from rims_rl.agents.config import ConfigError
-from rims_rl.agents.runs import RunBusy, RunDiverged, RunError, check_writable
+from rims_rl.agents.runs import RunBusy, RunDiverged, RunError, check_writable, first_difference
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -240,28 +240,16 @@ def load_weights(module: torch.nn.Module, state: Any, misfit: str) -> None:
 # ------------------------------------------------------------------------------------- resume contract
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, Mapping):
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat |= _flatten(value, f"{prefix}{key}.")
-        return flat if flat or not prefix else {prefix[:-1]: {}}
-    return {prefix[:-1]: data}
-
-
 def check_resume(saved: Mapping[str, Any], now: Mapping[str, Any], mutable: Iterable[str]) -> None:
     """Refuse (one line naming the key) a resumed config that differs from the checkpoint's config anywhere
     but in ``mutable`` keys (dotted prefixes: ``"run.device"``, ``"total_steps"``, ...)."""
-    mutable = tuple(mutable)
-    before, after = _flatten(saved), _flatten(now)
-    for key in sorted(set(before) | set(after)):
-        if any(key == m or key.startswith(f"{m}.") for m in mutable):
-            continue
-        if before.get(key) != after.get(key):
-            raise ConfigError(
-                f"--resume: {key} is {before.get(key)!r} in this run and would become {after.get(key)!r}; a resumed "
-                "run keeps the experiment it started (start a new run for another)"
-            )
+    difference = first_difference(saved, now, mutable)
+    if difference is not None:
+        key, before, after = difference
+        raise ConfigError(
+            f"--resume: {key} is {before!r} in this run and would become {after!r}; a resumed "
+            "run keeps the experiment it started (start a new run for another)"
+        )
 
 
 def check_finite(tensors: Iterable[torch.Tensor], what: Callable[[], str]) -> None:

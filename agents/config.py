@@ -720,6 +720,20 @@ class PolicyConfig:
             _check(not unknown, f"{where}.net_arch: keys must be pi and vf, got {', '.join(unknown)}")
 
 
+# What a resumed run may change: its budget and how it is run, watched and saved, not what it trains.
+MUTABLE = (
+    "total_steps",
+    "run.device",
+    "run.progress",
+    "run.track",
+    "run.wandb_project",
+    "run.checkpoint_every",
+    "run.eval_every",
+    "run.eval_episodes",
+    "run.eval_deterministic",
+)
+
+
 # Keys the training schema gained after runs were recorded without them, with the value that reproduces how
 # those runs trained. A run folder's record (its config.yaml, its checkpoint's config) is read through
 # upgrade_record, so a run of an earlier release resumes and evaluates; a user's config file is not.

@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 
 from rims_rl.agents.compare import plot_curves
-from rims_rl.agents.config import ConfigError
-from rims_rl.agents.runs import check_writable, find_runs, learning_curve, read_config, run_label
+from rims_rl.agents.config import MUTABLE, ConfigError
+from rims_rl.agents.runs import check_writable, find_runs, first_difference, learning_curve, read_config, run_label
 from rims_rl.agents.stats import interval_estimates, mean_ci
 from rims_rl.envs import env_kind, env_name
 from rims_rl.envs.atari_scores import ATARI_REFERENCE_SCORES, human_normalized
@@ -123,6 +123,7 @@ def load_run_scores(paths: Sequence[str | Path], source: str = "eval") -> tuple[
     if source not in ("train", "eval"):
         raise ConfigError(f"--source must be train or eval, got {source!r}")
     runs, notes, seen = [], [], set()
+    configs: dict[Path, dict[str, Any]] = {}
     for run_dir in find_runs(list(paths)):
         # The same folder may be reached twice (a root and a run inside it): count it once.
         if run_dir.resolve() in seen:
@@ -141,10 +142,40 @@ def load_run_scores(paths: Sequence[str | Path], source: str = "eval") -> tuple[
             notes.append(f"skipped {run_dir}: no {source} results yet")
             continue
         runs.append(RunScore(run_dir, env, label, seed, atari, steps, returns, run_score(returns)))
+        configs[run_dir] = config
     if not runs:
         raise ConfigError(f"the runs have no {source} learning curves yet")
+    _check_one_experiment_per_label(runs, configs)
     runs.sort(key=lambda run: (run.env, run.label, run.seed, str(run.path)))
     return runs, notes
+
+
+# What may differ between the seeds of one experiment: what a resume may change (budget, how a run is watched
+# and saved), and each run's seed, folder, label and starting weights (a transfer stage starts each seed
+# from its own source run).
+SEED_KEYS = (*MUTABLE, "run.seed", "run.out", "run.label", "run.init_from")
+
+
+def _check_one_experiment_per_label(runs: list[RunScore], configs: dict[Path, dict[str, Any]]) -> None:
+    """The runs of one label on one environment are the seeds of one experiment: one line naming two runs
+    otherwise (another setting, or the same seed twice), rather than a score pooled over both."""
+    first: dict[tuple[str, str], RunScore] = {}
+    seeds: dict[tuple[str, str, int], RunScore] = {}
+    for run in runs:
+        group = first.setdefault((run.env, run.label), run)
+        difference = first_difference(configs[group.path], configs[run.path], SEED_KEYS)
+        if difference is not None:
+            key, a, b = difference
+            raise ConfigError(
+                f"{group.path} and {run.path} are both {run.label} on {run.env} but differ in {key} ({a!r} vs "
+                f"{b!r}): report them apart, or tell them apart with run.label"
+            )
+        twin = seeds.setdefault((run.env, run.label, run.seed), run)
+        if twin is not run:
+            raise ConfigError(
+                f"{twin.path} and {run.path} are both {run.label} on {run.env} with seed {run.seed}: "
+                "one experiment's seeds must differ (report copies apart)"
+            )
 
 
 def relative_improvement(variant: float, baseline: float, env: str | None = None) -> float:

@@ -190,3 +190,27 @@ def _in_order(path: Path, steps: np.ndarray) -> np.ndarray:
             "(written by a version of rims-rl before exact resumes)"
         )
     return steps
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, Mapping):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat |= _flatten(value, f"{prefix}{key}.")
+        return flat if flat or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: data}
+
+
+def first_difference(
+    a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str] = ()
+) -> tuple[str, Any, Any] | None:
+    """The first dotted key (in sorted order) where two configs differ, with its two values (None where a
+    config lacks it), leaving out keys under ``ignore`` (dotted prefixes); None where they agree."""
+    ignore = tuple(ignore)
+    before, after = _flatten(a), _flatten(b)
+    for key in sorted(set(before) | set(after)):
+        if any(key == i or key.startswith(f"{i}.") for i in ignore):
+            continue
+        if before.get(key) != after.get(key):
+            return key, before.get(key), after.get(key)
+    return None

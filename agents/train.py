@@ -49,7 +49,7 @@ from rims_rl.agents.checkpointing import (
     remove_temporaries,
     save_checkpoint,
 )
-from rims_rl.agents.config import ConfigError, TrainConfig, load, read_yaml, to_dict, upgrade_record
+from rims_rl.agents.config import MUTABLE, ConfigError, TrainConfig, load, read_yaml, to_dict, upgrade_record
 from rims_rl.agents.logs import RunLog
 from rims_rl.agents.runs import CHECKPOINT, read_evaluations, run_dir_for, run_state
 from rims_rl.agents.tracking import start_tracking
@@ -181,20 +181,6 @@ def parameter_count(model) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------- checkpoints
-
-
-# What a resumed run may change: its budget and how it is run, watched and saved, not what it trains.
-MUTABLE = (
-    "total_steps",
-    "run.device",
-    "run.progress",
-    "run.track",
-    "run.wandb_project",
-    "run.checkpoint_every",
-    "run.eval_every",
-    "run.eval_episodes",
-    "run.eval_deterministic",
-)
 
 
 class Checkpointer(BaseCallback):

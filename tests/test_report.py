@@ -270,6 +270,39 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, setup, args, message):
     assert_one_line_error(result, message)
 
 
+def test_runs_of_two_experiments_under_one_label_are_refused_not_pooled(tmp_path):
+    """A label's runs on a game are the seeds of one experiment: a run with another setting, or a copy of a
+    seed from another folder, is one line naming both runs; runs that differ only in what seeds may (seed,
+    folder, budget, starting weights) are scored together."""
+    from rims_rl.agents.config import ConfigError
+
+    def edit(run: Path, **settings) -> None:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        for dotted, value in settings.items():
+            *parents, key = dotted.split("__")
+            node = config
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[key] = value
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+    first = make_run(tmp_path / "a", "Pong", "rims", 0, final=1.0)
+    second = make_run(tmp_path / "a", "Pong", "rims", 1, final=3.0)
+    edit(first, run__init_from="source/seed0", total_steps=100)
+    edit(second, run__init_from="source/seed1", total_steps=200, run__out="elsewhere")
+    runs, _ = load_run_scores([tmp_path / "a"])
+    assert [run.seed for run in runs] == [0, 1]
+
+    edit(second, rims__num_units=8)
+    with pytest.raises(ConfigError, match=r"both ppo-rims on Pong but differ in rims\.num_units \(None vs 8\)"):
+        load_run_scores([tmp_path / "a"])
+    edit(second, rims__num_units=None)
+    make_run(tmp_path / "b", "Pong", "rims", 0, final=9.0)
+    edit(tmp_path / "b" / "Pong" / "ppo-rims" / "seed0", run__init_from="source/seed0", total_steps=100)
+    with pytest.raises(ConfigError, match="with seed 0: one experiment's seeds must differ"):
+        load_run_scores([tmp_path / "a", tmp_path / "b"])
+
+
 def test_bad_settings_raise_config_errors(tmp_path):
     from rims_rl.agents.config import ConfigError
 
