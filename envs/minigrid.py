@@ -291,7 +291,10 @@ def check_pickup_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     merged = {key: pickup_defaults()[key] for key in PICKUP_KEYS} | dict(settings)
     if merged["split"] not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {merged['split']!r}")
-    for key, least, what in (("size", 5, "the room's side, walls included"), ("max_steps", 1, "an episode's step limit")):
+    for key, least, what in (
+        ("size", 5, "the room's side, walls included"),
+        ("max_steps", 1, "an episode's step limit"),
+    ):
         value = merged[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{key} must be an integer of at least {least} ({what}), got {value!r}")
