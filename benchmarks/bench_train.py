@@ -9,10 +9,14 @@ phases: collecting the rollout and the update (epochs of minibatch gradient step
 adds a fifth agent, the RIMs policy with the compiled time loop off (``RIMS_RL_NATIVE=0`` during its
 turns), to measure what the compiled loop gives in the same run. ``--sets`` adds the RIMs and LSTM policies
 reading input sets (``policy_kwargs.features: set``: 49 rows of the Nature CNN's last map on Atari),
-compared with the RIMs policy reading one row. ``--config minigrid/pickup.yaml`` measures our policies on
+compared with the RIMs policy reading one row.
+``--critics`` adds the RIMs policy with each critic layout the config does not use (``separate``: a critic
+core of its own; ``shared``: the actor's core; ``none``: a feed-forward critic on the features).
+``--config minigrid/pickup.yaml`` measures our policies on
 the MiniGrid task (SB3's feed-forward and stock agents need images, so they are left out there).
 
-    python benchmarks/bench_train.py [--env Pong] [--iterations 3] [--python-loop] [--sets] [--output FILE]
+    python benchmarks/bench_train.py [--env Pong] [--iterations 3] [--python-loop] [--sets] [--critics]
+        [--output FILE]
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--python-loop", action="store_true", help="also time RIMs with the compiled loop off")
     parser.add_argument("--sets", action="store_true", help="also time the RIMs and LSTM policies on input sets")
+    parser.add_argument(
+        "--critics", action="store_true", help="also time the RIMs policy with each other critic layout"
+    )
     parser.add_argument("--output", help="also write the Markdown table to this file")
     args = parser.parse_args()
 
@@ -99,6 +106,11 @@ def main() -> None:
         lstm_sets = ours(("policy_kwargs.features", "set"), ("policy", "lstm"))
         agents["RimsPPO, our RIMs policy, input set"] = lambda env: build_model(sets, env, device)
         agents["RimsPPO, our LSTM policy, input set flattened"] = lambda env: build_model(lstm_sets, env, device)
+    if args.critics:  # the config's layout is the one-row agent above; the others beside it
+        for critic in ("separate", "shared", "none"):
+            if critic != config.policy_kwargs.critic_core:
+                other = ours(("policy_kwargs.critic_core", critic))
+                agents[f"RimsPPO, our RIMs policy, critic {critic}"] = lambda env, c=other: build_model(c, env, device)
     # All agents live side by side and take turns, one iteration each per round, so drifts in the
     # machine's speed hit them alike; each agent's rate comes from its median iteration.
     envs = {name: make_env(config.env.settings(), seed=0) for name in agents}
