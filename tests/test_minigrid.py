@@ -270,7 +270,7 @@ def test_experiment_writes_table_and_plot(tmp_path):
     config = (out / "RimsRL-Pickup-v0" / "rims-set" / "seed0" / "config.yaml").read_text()
     assert "features: set" in config
     # A second call reuses the finished runs instead of training again.
-    again = cli("experiment-distractors", *args, "--out", str(out), *TINY[2:], timeout=600)
+    again = cli_here("experiment-distractors", *args, "--out", str(out), *TINY[2:])
     assert again.returncode == 0 and "done" in again.stdout and "trained" not in again.stdout
     bad = cli_here("experiment-distractors", "--variants", "gru", "--out", str(out))
     assert_one_line_error(bad, "--variants: gru not in sweeps/pickup_sets.yaml")

@@ -140,7 +140,7 @@ def test_a_signal_checkpoints_the_last_rollout_start_and_resume_continues(tmp_pa
     stopped = checkpoint_steps(run)
     assert stopped > 0 and stopped % (16 * 4) == 0  # a rollout boundary: n_steps x n_envs
     assert logged_steps(run)[-1] >= stopped  # the log is live: it may hold the rollout after the checkpoint
-    refused = cli("train", *TINY, "--total-steps", "1000000", "--out", str(tmp_path))
+    refused = cli_here("train", *TINY, "--total-steps", "1000000", "--out", str(tmp_path))
     assert refused.returncode == 2 and "--resume" in refused.stderr  # a new run into a held folder
     resumed = cli("train", "--resume", str(run), "--total-steps", str(stopped + 128))
     assert resumed.returncode == 0, resumed.stderr
@@ -189,9 +189,9 @@ def test_a_second_process_on_a_held_folder_stops_at_once_naming_the_holder(tmp_p
     run = run_folder(tmp_path)
     wait_for(run / "config.yaml")
     try:
-        second = cli("train", *TINY, "--total-steps", "1000000", "--out", str(tmp_path), timeout=120)
+        second = cli_here("train", *TINY, "--total-steps", "1000000", "--out", str(tmp_path))
         assert_one_line_error(second, f"in use by another process (pid {process.pid})")
-        resumed = cli("train", "--resume", str(run), timeout=120)
+        resumed = cli_here("train", "--resume", str(run))
         assert_one_line_error(resumed, f"(pid {process.pid})")
     finally:
         process.kill()
@@ -260,7 +260,7 @@ def test_a_run_recorded_before_input_sets_resumes_and_evaluates(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert_exact_record(run, 192)
     assert yaml.safe_load((run / "config.yaml").read_text())["policy_kwargs"]["features"] == "vector"
-    evaluated = cli("evaluate", str(run), "--episodes", "1")
+    evaluated = cli_here("evaluate", str(run), "--episodes", "1")
     assert evaluated.returncode == 0, evaluated.stderr
 
 
@@ -517,7 +517,7 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path):
         }
 
     before = files()
-    again = cli("train", "--resume", str(run))
+    again = cli_here("train", "--resume", str(run))
     assert again.returncode == 0 and "finished at 64 steps, its total_steps: nothing to train" in again.stdout
     assert "Traceback" not in again.stderr
     assert files() == before  # no new model, checkpoint, config or event file

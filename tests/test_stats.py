@@ -9,7 +9,7 @@ import pytest
 
 from rims_rl.agents.compare import compare_runs
 from rims_rl.agents.stats import mean_ci, success_ci
-from tests.helpers import cli
+from tests.helpers import cli_here
 from tests.test_report import make_run
 
 Z = 1.959963984540054  # the 97.5% normal quantile
@@ -52,5 +52,5 @@ def test_compare_warns_about_one_seed(tmp_path):
     assert result["warnings"] == [
         "warning: ppo-lstm on CartPole-v1 has one seed: no interval across seeds (train more seeds for a band)"
     ]
-    shown = cli("compare", str(tmp_path), "--out", str(tmp_path / "cmp2"))
+    shown = cli_here("compare", str(tmp_path), "--out", str(tmp_path / "cmp2"))
     assert shown.returncode == 0 and shown.stderr.count("has one seed") == 1

@@ -35,11 +35,11 @@ def test_train_evaluate_compare_end_to_end(tmp_path):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert len(np.load(run / "evaluations.npz")["timesteps"]) == 2
 
-    result = cli("evaluate", str(run), "--episodes", "3", "--deterministic")
+    result = cli_here("evaluate", str(run), "--episodes", "3", "--deterministic")
     assert result.returncode == 0, result.stderr
     assert "mean return" in result.stdout and "95% CI" in result.stdout
 
-    result = cli("compare", str(runs), "--out", str(tmp_path / "cmp"))
+    result = cli_here("compare", str(runs), "--out", str(tmp_path / "cmp"))
     assert result.returncode == 0, result.stderr
     assert "ppo-lstm, ppo-rims" in result.stdout
     table = (tmp_path / "cmp" / "curves.csv").read_text().splitlines()
