@@ -174,13 +174,15 @@ def _describe(hint: Any) -> str:
         )
     if origin is list:
         item = _describe(args[0])
-        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings"}.get(item, item)
+        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings", "a value": "values"}
+        plural = plural.get(item, item)
         return f"a list of {plural}"
     if origin is dict:
         return "a mapping"
     if dataclasses.is_dataclass(hint):
         return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", Any: "a value"}
+    return names.get(hint, str(hint))
 
 
 def _number(value: Any) -> Any:

@@ -98,7 +98,7 @@ def test_without_variants_runs_take_the_default_label(tmp_path):
         ({"grid": {"run.seed": [0]}, "workerz": 2}, "unknown config key 'workerz'; did you mean workers?"),
         ({"variants": {"rims": {}}}, "SweepConfig lacks grid"),
         ({"grid": {}}, "grid is empty"),
-        ({"grid": {"run.seed": 0}}, "grid.run.seed must be a list"),
+        ({"grid": {"run.seed": 0}}, "grid.run.seed must be a list of values, got 0"),
         ({"grid": {"run.seed": []}}, "grid.run.seed must be a non-empty list"),
         ({"grid": {"run.seed": [0]}, "variants": {}}, "variants is empty"),
         ({"grid": {"run.seed": [0]}, "variants": {"no attention": {}}}, "variant name 'no attention'"),
