@@ -11,13 +11,16 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch goes in first and on its own, so that the package's plain `torch` requirement is already
-# met and pip never pulls a multi-GB CUDA build onto a CPU machine. The last step compiles the RIMs
-# time loop for CPUs (rims_rl/native.py); without a compiler it says so and the Python loop is used.
+# met and pip never pulls a multi-GB CUDA build onto a CPU machine. The package installs editable with
+# -qq (errors only): setuptools prints a ten-line notice for every editable install of a package whose
+# folders are mapped (agents/ and envs/ install as rims_rl.agents and rims_rl.envs), with nothing to act
+# on. The last step compiles the RIMs time loop for CPUs (rims_rl/native.py); without a compiler it says
+# so and the Python loop is used.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install -qq -e ".[dev]"
 	$(BIN)/python -c "from rims_rl import native; native.build()"
 	touch $@
 
