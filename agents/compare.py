@@ -86,7 +86,6 @@ def compare_runs(paths: list[str | Path], out: str | Path, source: str = "train"
     if source not in ("train", "eval"):
         raise ConfigError(f"--source must be train or eval, got {source!r}")
     out = Path(out)
-    check_writable(out)
     groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for run_dir in find_runs(paths):
         config = read_config(run_dir)
@@ -96,6 +95,7 @@ def compare_runs(paths: list[str | Path], out: str | Path, source: str = "train"
             groups[env_name(config["env"]["id"])][label].append((steps, returns))
     if not groups:
         raise ConfigError(f"the runs have no {source} learning curves yet")
+    check_writable(out)  # after the runs are read: a refusal leaves no output folder behind
 
     rows = plot_curves(groups, out / "curves.png", source)
     warnings = [

@@ -444,10 +444,10 @@ def write_report(
     if reps < 1:
         raise ConfigError(f"--reps must be at least 1, got {reps}")
     out = Path(out)
-    check_writable(out)
     runs, notes = load_run_scores(paths, source)
     labels = sorted({run.label for run in runs})
     baseline = _choose_baseline(labels, baseline, notes)
+    check_writable(out)  # after the runs are read: a refusal leaves no output folder behind
     if baseline is not None and len(labels) == 1:
         notes.append(f"no relative improvement: {baseline} is the only label")
     games = _game_scores(runs)

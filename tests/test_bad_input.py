@@ -6,6 +6,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rims_rl.agents.config import ConfigError, parse_set
@@ -107,6 +108,8 @@ def test_an_output_folder_that_cannot_be_one_is_one_line_before_any_work(command
     run = tmp_path / "runs" / "CartPole-v1" / "ppo-rims" / "seed0"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(CARTPOLE)
+    (run / "progress.csv").write_text("time/total_timesteps,rollout/ep_rew_mean\n64,1.0\n")
+    np.savez(run / "evaluations.npz", timesteps=np.array([64]), results=np.ones((1, 2)), ep_lengths=np.ones((1, 2)))
     monkeypatch.setattr(evaluate, "make_env", lambda *a, **k: pytest.fail("an environment was started"))
     monkeypatch.setattr(sweep, "_run_local", lambda *a, **k: pytest.fail("a run was started"))
     target = tmp_path / out
@@ -119,6 +122,14 @@ def test_an_output_folder_that_cannot_be_one_is_one_line_before_any_work(command
     }
     with pytest.raises(ConfigError, match=message):
         calls[command]()
+
+
+@pytest.mark.parametrize("command", ["compare", "report"])
+def test_a_refused_compare_or_report_leaves_no_output_folder(command, tmp_path):
+    (tmp_path / "runs").mkdir()
+    result = cli_here(command, str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, "no run folders")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
