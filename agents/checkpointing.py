@@ -222,6 +222,12 @@ def load_checkpoint(path: str | Path, kind: str, device: str | torch.device = "c
     return saved
 
 
+def policy_state(saved: Mapping[str, Any]) -> Any:
+    """The policy's weights in a training checkpoint (``parameters.policy``), or None where it holds none."""
+    parameters = saved.get("parameters")
+    return parameters.get("policy") if isinstance(parameters, Mapping) else None
+
+
 def load_weights(module: torch.nn.Module, state: Any, misfit: str) -> None:
     """``module.load_state_dict(state)``, where weights that do not fit (a config edited after training,
     another policy's file) are one :class:`ConfigError` line: ``misfit`` (what does not fit what), then the

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from rims_rl.agents.checkpointing import load_checkpoint, load_weights
+from rims_rl.agents.checkpointing import load_checkpoint, load_weights, policy_state
 from rims_rl.agents.config import ConfigError, TrainConfig
 from rims_rl.agents.runs import CHECKPOINT
 from rims_rl.agents.stats import mean_ci, success_ci
@@ -53,9 +53,9 @@ def load_model(run_dir: Path, config: TrainConfig, env, device: str, seed: int |
     model = build_model(config, env, device)
     if seed is not None:
         model.get_env().seed(seed)  # applied at the next reset, as make_env(seed=...) does
-    parameters = saved.get("parameters")
-    state = parameters.get("policy") if isinstance(parameters, dict) else None
-    load_weights(model.policy, state, f"{run_dir / CHECKPOINT} does not fit the run's config.yaml (edited since?)")
+    load_weights(
+        model.policy, policy_state(saved), f"{run_dir / CHECKPOINT} does not fit the run's config.yaml (edited since?)"
+    )
     return model
 
 

@@ -46,6 +46,7 @@ from rims_rl.agents.checkpointing import (
     check_resume,
     load_checkpoint,
     load_weights,
+    policy_state,
     remove_temporaries,
     save_checkpoint,
 )
@@ -118,8 +119,7 @@ def policy_weights(path: str | Path) -> dict[str, torch.Tensor]:
             detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ConfigError(f"run.init_from: {path} is not a model.zip with policy weights ({detail})") from None
     else:
-        parameters = load_checkpoint(_checkpoint_of(path, "run.init_from"), "train").get("parameters")
-        state = parameters.get("policy") if isinstance(parameters, dict) else None
+        state = policy_state(load_checkpoint(_checkpoint_of(path, "run.init_from"), "train"))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"run.init_from: {path} holds no policy weights")
     return state
